@@ -1,0 +1,1 @@
+//! Per-loop keep-alive pool of idle upstream connections. (in progress)

@@ -1,0 +1,1 @@
+//! Results model, plots, HTML/Markdown reports and capacity planning.
