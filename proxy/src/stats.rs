@@ -1,1 +1,31 @@
-//! (in progress)
+//! Counters of one event loop. Only the owning loop writes them (relaxed
+//! atomics, no contention); readers (logs, the admin API) sum over loops.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+use crate::http::errors::Reject;
+
+#[derive(Debug, Default)]
+pub struct LoopStats {
+    pub connections_total: AtomicU64,
+    pub connections_current: AtomicI64,
+    /// Connections turned away with 503 because max_conn was reached.
+    pub connections_refused: AtomicU64,
+    pub requests: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub upstream_connects: AtomicU64,
+    pub upstream_reuses: AtomicU64,
+    pub upstream_retries: AtomicU64,
+    /// Error answers the proxy produced itself, by kind (index: `Reject as usize`).
+    pub rejects: [AtomicU64; Reject::COUNT],
+}
+
+impl LoopStats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Relaxed)
+    }
+}

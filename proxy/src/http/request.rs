@@ -1,0 +1,478 @@
+//! Request heads: strict parsing (RFC 9112) and the head sent upstream.
+//!
+//! `parse_request` tokenizes with httparse and applies our framing rules; it
+//! returns offsets into the buffer so the caller can pick a route and a
+//! backend and then `write_upstream_head` without parsing twice. Anything
+//! ambiguous is refused: a proxy that guesses enables request smuggling.
+
+use std::io::Write as _;
+use std::net::IpAddr;
+
+use super::body::Framing;
+use super::chunked::ChunkedDecoder;
+use super::errors::Reject;
+use super::{is_hop_by_hop, list_tokens, name_is, ConnectionTokens};
+use crate::buffer::Buf;
+
+/// Most header lines accepted in one request (431 beyond it).
+pub const MAX_HEADERS: usize = 100;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request head (431 beyond it).
+    pub max_head: usize,
+    /// Longest request line (414 beyond it).
+    pub max_uri: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Post,
+    Put,
+    Delete,
+    Options,
+    Trace,
+    Other,
+}
+
+impl Method {
+    fn from_bytes(m: &str) -> Method {
+        match m {
+            "GET" => Method::Get,
+            "HEAD" => Method::Head,
+            "POST" => Method::Post,
+            "PUT" => Method::Put,
+            "DELETE" => Method::Delete,
+            "OPTIONS" => Method::Options,
+            "TRACE" => Method::Trace,
+            _ => Method::Other,
+        }
+    }
+    /// RFC 9110 §9.2.2: safe to send twice.
+    pub fn is_idempotent(self) -> bool {
+        !matches!(self, Method::Post | Method::Other)
+    }
+}
+
+/// A byte range in the buffer holding the head.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Span {
+    pub start: u32,
+    pub end: u32,
+}
+
+impl Span {
+    fn of(base: &[u8], part: &[u8]) -> Span {
+        let start = part.as_ptr() as usize - base.as_ptr() as usize;
+        Span {
+            start: start as u32,
+            end: (start + part.len()) as u32,
+        }
+    }
+    pub fn get<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
+        &buf[self.start as usize..self.end as usize]
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct HeaderLine {
+    name: Span,
+    value: Span,
+    forward: bool,
+    xff: bool,
+}
+
+/// A parsed request head: offsets into the buffer it was parsed from.
+#[derive(Debug)]
+pub struct RequestHead {
+    pub head_len: usize,
+    pub method: Method,
+    method_span: Span,
+    pub target: Span,
+    pub http10: bool,
+    /// Host header value (port included), if any.
+    pub host: Option<Span>,
+    pub framing: Framing,
+    pub keep_alive: bool,
+    pub expect_continue: bool,
+    /// Connection: upgrade with an Upgrade header: becomes a tunnel after 101.
+    pub upgrade: Option<Span>,
+    headers: [HeaderLine; MAX_HEADERS],
+    header_count: usize,
+}
+
+impl RequestHead {
+    pub fn method_bytes<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
+        self.method_span.get(buf)
+    }
+    /// The path of the target, without query (for routing).
+    pub fn path<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
+        let t = self.target.get(buf);
+        let t = match t.iter().position(|&b| b == b'?') {
+            Some(q) => &t[..q],
+            None => t,
+        };
+        // absolute-form: skip scheme and authority
+        if let Some(rest) = t.strip_prefix(b"http://") {
+            return rest
+                .iter()
+                .position(|&b| b == b'/')
+                .map_or(&b"/"[..], |p| &rest[p..]);
+        }
+        t
+    }
+}
+
+/// Parses a request head at the start of `buf`. `Ok(None)` means the head is
+/// incomplete (read more), within the limits.
+pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>, Reject> {
+    let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut raw);
+    let status = match req.parse(buf) {
+        Ok(s) => s,
+        Err(httparse::Error::TooManyHeaders) => return Err(Reject::HeadersTooLarge),
+        Err(_) => return Err(classify_garbage(buf, limits)),
+    };
+    let head_len = match status {
+        httparse::Status::Complete(n) => n,
+        httparse::Status::Partial => {
+            let line_end = buf.iter().position(|&b| b == b'\n');
+            if line_end.is_none_or(|p| p > limits.max_uri) && buf.len() > limits.max_uri {
+                return Err(Reject::UriTooLong);
+            }
+            if buf.len() >= limits.max_head {
+                return Err(Reject::HeadersTooLarge);
+            }
+            return Ok(None);
+        }
+    };
+    if head_len > limits.max_head {
+        return Err(Reject::HeadersTooLarge);
+    }
+    let head = &buf[..head_len];
+    // httparse accepts some bytes RFC 9112 forbids: NUL and a CR that does
+    // not end a line. Refuse them outright.
+    for (i, &b) in head.iter().enumerate() {
+        if b == 0 || (b == b'\r' && head.get(i + 1) != Some(&b'\n')) {
+            return Err(Reject::BadRequest);
+        }
+    }
+    let method_str = req.method.ok_or(Reject::BadRequest)?;
+    let target = req.path.ok_or(Reject::BadRequest)?;
+    if target.len() > limits.max_uri {
+        return Err(Reject::UriTooLong);
+    }
+    let http10 = match req.version {
+        Some(1) => false,
+        Some(0) => true,
+        _ => return Err(Reject::BadRequest),
+    };
+    if method_str == "CONNECT" {
+        return Err(Reject::NotImplemented);
+    }
+    let method = Method::from_bytes(method_str);
+
+    let mut conn = ConnectionTokens::default();
+    let mut host: Option<Span> = None;
+    let mut content_length: Option<u64> = None;
+    let mut chunked = false;
+    let mut saw_te = false;
+    let mut expect_continue = false;
+    let mut upgrade_value: Option<Span> = None;
+    for h in req.headers.iter() {
+        let name = h.name;
+        if name_is(name, "host") {
+            if host.is_some() {
+                return Err(Reject::BadRequest);
+            }
+            if h.value.is_empty() && !http10 {
+                return Err(Reject::BadRequest);
+            }
+            host = Some(Span::of(buf, h.value));
+        } else if name_is(name, "content-length") {
+            let n = parse_content_length(h.value).ok_or(Reject::BadRequest)?;
+            if content_length.is_some_and(|prev| prev != n) {
+                return Err(Reject::BadRequest);
+            }
+            content_length = Some(n);
+        } else if name_is(name, "transfer-encoding") {
+            for coding in list_tokens(h.value) {
+                if chunked {
+                    // chunked must be the last coding, applied once
+                    return Err(Reject::BadRequest);
+                }
+                if coding.eq_ignore_ascii_case(b"chunked") {
+                    chunked = true;
+                } else {
+                    return Err(Reject::NotImplemented);
+                }
+            }
+            saw_te = true;
+        } else if name_is(name, "connection") {
+            if !conn.add(h.value) {
+                return Err(Reject::HeadersTooLarge);
+            }
+        } else if name_is(name, "expect") {
+            if h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
+                expect_continue = true;
+            }
+        } else if name_is(name, "upgrade") {
+            upgrade_value = Some(Span::of(buf, h.value));
+        }
+    }
+    if saw_te {
+        if !chunked || content_length.is_some() || http10 {
+            return Err(Reject::BadRequest);
+        }
+    }
+    if host.is_none() && !http10 {
+        return Err(Reject::BadRequest);
+    }
+    let framing = if chunked {
+        Framing::Chunked(ChunkedDecoder::default())
+    } else {
+        match content_length {
+            Some(n) => Framing::Length(n),
+            None => Framing::Empty,
+        }
+    };
+    let upgrade = if conn.upgrade && !http10 {
+        upgrade_value
+    } else {
+        None
+    };
+    let keep_alive = if http10 {
+        conn.keep_alive && !conn.close
+    } else {
+        !conn.close
+    };
+
+    let mut headers = [HeaderLine::default(); MAX_HEADERS];
+    for (line, h) in headers.iter_mut().zip(req.headers.iter()) {
+        let xff = name_is(h.name, "x-forwarded-for");
+        let forward = !(is_hop_by_hop(h.name)
+            || conn.names(h.name)
+            || xff
+            || name_is(h.name, "x-forwarded-proto"));
+        *line = HeaderLine {
+            name: Span::of(buf, h.name.as_bytes()),
+            value: Span::of(buf, h.value),
+            forward,
+            xff,
+        };
+    }
+    Ok(Some(RequestHead {
+        head_len,
+        method,
+        method_span: Span::of(buf, method_str.as_bytes()),
+        target: Span::of(buf, target.as_bytes()),
+        http10,
+        host,
+        framing,
+        keep_alive,
+        expect_continue,
+        upgrade,
+        header_count: req.headers.len(),
+        headers,
+    }))
+}
+
+/// A head httparse refused: 414 when it is the request line that is too
+/// long, otherwise 400.
+fn classify_garbage(buf: &[u8], limits: &Limits) -> Reject {
+    let line_end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
+    if line_end > limits.max_uri {
+        Reject::UriTooLong
+    } else {
+        Reject::BadRequest
+    }
+}
+
+/// `1*DIGIT`, or a list of identical values ("5, 5"), at most 18 digits.
+fn parse_content_length(value: &[u8]) -> Option<u64> {
+    let mut result = None;
+    for part in value.split(|&b| b == b',') {
+        let part = part.trim_ascii();
+        if part.is_empty() || part.len() > 18 || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = part
+            .iter()
+            .fold(0u64, |acc, &d| acc * 10 + (d - b'0') as u64);
+        if result.is_some_and(|r| r != n) {
+            return None;
+        }
+        result = Some(n);
+    }
+    result
+}
+
+/// Writes the head sent to the backend: hop-by-hop headers dropped,
+/// X-Forwarded-For appended, X-Forwarded-Proto and Via added. Returns false
+/// when it does not fit in `out`.
+pub fn write_upstream_head(
+    buf: &[u8],
+    head: &RequestHead,
+    out: &mut Buf,
+    client_ip: IpAddr,
+    fallback_host: &str,
+) -> bool {
+    let mut w = Writer { out, ok: true };
+    w.put(head.method_span.get(buf));
+    w.put(b" ");
+    w.put(head.target.get(buf));
+    w.put(b" HTTP/1.1\r\n");
+    let mut xff_seen = false;
+    for line in &head.headers[..head.header_count] {
+        if line.forward {
+            w.put(line.name.get(buf));
+            w.put(b": ");
+            w.put(line.value.get(buf));
+            w.put(b"\r\n");
+        }
+    }
+    if head.host.is_none() {
+        w.put(b"Host: ");
+        w.put(fallback_host.as_bytes());
+        w.put(b"\r\n");
+    }
+    w.put(b"X-Forwarded-For: ");
+    for line in head.headers[..head.header_count].iter().filter(|l| l.xff) {
+        let value = line.value.get(buf).trim_ascii();
+        if !value.is_empty() {
+            if xff_seen {
+                w.put(b", ");
+            }
+            w.put(value);
+            xff_seen = true;
+        }
+    }
+    if xff_seen {
+        w.put(b", ");
+    }
+    let mut ip = [0u8; 48];
+    let mut cursor = &mut ip[..];
+    let _ = write!(cursor, "{client_ip}");
+    let ip_len = 48 - cursor.len();
+    w.put(&ip[..ip_len]);
+    w.put(b"\r\nX-Forwarded-Proto: http\r\nVia: 1.1 speedmimi\r\n");
+    if let Some(up) = head.upgrade {
+        w.put(b"Connection: upgrade\r\nUpgrade: ");
+        w.put(up.get(buf));
+        w.put(b"\r\n");
+    }
+    w.put(b"\r\n");
+    w.ok
+}
+
+/// Appends to a buffer and remembers whether everything fit.
+pub(crate) struct Writer<'a> {
+    pub out: &'a mut Buf,
+    pub ok: bool,
+}
+
+impl Writer<'_> {
+    pub fn put(&mut self, bytes: &[u8]) {
+        if self.ok && self.out.push(bytes) != bytes.len() {
+            self.ok = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buffer::BufPool;
+
+    const LIMITS: Limits = Limits {
+        max_head: 16384,
+        max_uri: 8192,
+    };
+
+    fn parse(s: &str) -> Result<Option<RequestHead>, Reject> {
+        parse_request(s.as_bytes(), &LIMITS)
+    }
+
+    #[test]
+    fn framing_rules() {
+        use Reject::*;
+        let cases: &[(&str, Option<Reject>)] = &[
+            ("GET / HTTP/1.1\r\nHost: a\r\n\r\n", None),
+            ("GET / HTTP/1.1\r\n\r\n", Some(BadRequest)),
+            ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", Some(BadRequest)),
+            ("GET / HTTP/1.0\r\n\r\n", None),
+            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", Some(BadRequest)),
+            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", Some(BadRequest)),
+            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n", None),
+            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 6\r\n\r\n", Some(BadRequest)),
+            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n", Some(BadRequest)),
+            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n", Some(BadRequest)),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", Some(NotImplemented)),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", Some(BadRequest)),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", Some(BadRequest)),
+            ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", Some(BadRequest)),
+            ("GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n", Some(BadRequest)),
+            ("GET / HTTP/1.1\r\nHost: a\rX: b\r\n\r\n", Some(BadRequest)),
+            ("GET / HTTP/1.1\r\nHost: a\r\nX: a\0b\r\n\r\n", Some(BadRequest)),
+            ("GET / HTTP/1.1\r\nHost : a\r\n\r\n", Some(BadRequest)),
+            ("CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n", Some(NotImplemented)),
+            ("GET / HTTP/2.0\r\nHost: a\r\n\r\n", Some(BadRequest)),
+        ];
+        for (req, want) in cases {
+            let got = parse(req).map(|h| h.is_some());
+            match want {
+                None => assert_eq!(got, Ok(true), "{req:?}"),
+                Some(r) => assert_eq!(got, Err(*r), "{req:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn limits() {
+        let long = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(9000));
+        assert_eq!(parse(&long).err(), Some(Reject::UriTooLong));
+        let partial_long = format!("GET /{}", "a".repeat(9000));
+        assert_eq!(parse(&partial_long).err(), Some(Reject::UriTooLong));
+        let big = format!("GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n", "a".repeat(17000));
+        assert_eq!(parse(&big).err(), Some(Reject::HeadersTooLarge));
+        assert!(parse("GET / HTTP/1.1\r\nHost: a\r\n").unwrap().is_none());
+    }
+
+    #[test]
+    fn rewrites_hop_by_hop_and_forwarding_headers() {
+        let req = "GET /x?y HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nX-Forwarded-For: 1.2.3.4\r\nTE: trailers\r\nAccept: */*\r\n\r\n";
+        let head = parse(req).unwrap().unwrap();
+        assert!(head.keep_alive);
+        assert_eq!(head.path(req.as_bytes()), b"/x");
+        let mut pool = BufPool::new(4096, 1);
+        let mut out = pool.get();
+        assert!(write_upstream_head(
+            req.as_bytes(),
+            &head,
+            &mut out,
+            "10.0.0.9".parse().unwrap(),
+            "backend"
+        ));
+        let text = std::str::from_utf8(out.data()).unwrap();
+        assert_eq!(
+            text,
+            "GET /x?y HTTP/1.1\r\nHost: a\r\nAccept: */*\r\nX-Forwarded-For: 1.2.3.4, 10.0.0.9\r\nX-Forwarded-Proto: http\r\nVia: 1.1 speedmimi\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn http10_keep_alive_and_upgrade() {
+        let h = parse("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert!(!h.keep_alive);
+        let h = parse("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(h.keep_alive);
+        let h = parse("GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(h.upgrade.is_some());
+    }
+}

@@ -1,0 +1,246 @@
+//! Response heads from backends: parsing, body framing (RFC 9112 §6.3) and
+//! the head sent to the client. A response the proxy cannot frame with
+//! certainty is garbage: the caller answers 502 and drops the connection.
+
+use super::body::Framing;
+use super::chunked::ChunkedDecoder;
+use super::request::Writer;
+use super::{is_hop_by_hop, list_tokens, name_is, ConnectionTokens};
+use crate::buffer::Buf;
+
+const MAX_RESPONSE_HEADERS: usize = 100;
+
+/// What the client side needs to know to answer it.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientSide {
+    pub http10: bool,
+    pub keep_alive: bool,
+    pub head_request: bool,
+    pub upgrade_requested: bool,
+}
+
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub head_len: usize,
+    pub status: u16,
+    pub framing: Framing,
+    /// The backend connection may carry another request afterwards.
+    pub upstream_reusable: bool,
+    /// Strip the chunked coding (the client speaks HTTP/1.0).
+    pub strip_chunked: bool,
+    /// Close the client connection once this response is sent.
+    pub close_client: bool,
+    /// 1xx other than 101: an interim answer, the final one follows.
+    pub interim: bool,
+    /// 101 to an upgrade request: the connection becomes a tunnel.
+    pub switching: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Garbage;
+
+/// Parses a response head at the start of `buf` and writes the head for the
+/// client into `out`. `Ok(None)`: incomplete.
+pub fn parse_and_rewrite(
+    buf: &[u8],
+    client: ClientSide,
+    out: &mut Buf,
+) -> Result<Option<ResponseHead>, Garbage> {
+    let mut raw = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut resp = httparse::Response::new(&mut raw);
+    let head_len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(Garbage),
+    };
+    if buf[..head_len].contains(&0) {
+        return Err(Garbage);
+    }
+    let status = resp.code.ok_or(Garbage)?;
+    let http10 = resp.version == Some(0);
+    let reason = resp.reason.unwrap_or("");
+
+    let mut conn = ConnectionTokens::default();
+    let mut content_length: Option<u64> = None;
+    let mut te_chunked = None::<bool>;
+    for h in resp.headers.iter() {
+        if name_is(h.name, "content-length") {
+            let v = h.value.trim_ascii();
+            if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
+                return Err(Garbage);
+            }
+            let n = v.iter().fold(0u64, |a, &d| a * 10 + (d - b'0') as u64);
+            if content_length.is_some_and(|p| p != n) {
+                return Err(Garbage);
+            }
+            content_length = Some(n);
+        } else if name_is(h.name, "transfer-encoding") {
+            let last = list_tokens(h.value).last();
+            te_chunked = Some(last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")));
+        } else if name_is(h.name, "connection") && !conn.add(h.value) {
+            return Err(Garbage);
+        }
+    }
+    if te_chunked.is_some() && http10 {
+        return Err(Garbage);
+    }
+    let interim = (100..200).contains(&status) && status != 101;
+    let switching = status == 101 && client.upgrade_requested;
+    if status == 101 && !client.upgrade_requested {
+        return Err(Garbage);
+    }
+    let no_body = client.head_request || interim || status == 101 || status == 204 || status == 304;
+    let framing = if no_body {
+        Framing::Empty
+    } else if let Some(chunked) = te_chunked {
+        if chunked {
+            Framing::Chunked(ChunkedDecoder::default())
+        } else {
+            Framing::UntilClose
+        }
+    } else if let Some(n) = content_length {
+        Framing::Length(n)
+    } else {
+        Framing::UntilClose
+    };
+    let upstream_keep_alive = if http10 {
+        conn.keep_alive && !conn.close
+    } else {
+        !conn.close
+    };
+    let until_close = matches!(framing, Framing::UntilClose);
+    // Content-Length beside Transfer-Encoding was smuggled or broken: never reuse.
+    let upstream_reusable = upstream_keep_alive
+        && !until_close
+        && !switching
+        && !(te_chunked.is_some() && content_length.is_some());
+    let chunked = matches!(framing, Framing::Chunked(_));
+    let strip_chunked = chunked && client.http10;
+    let close_client = !switching
+        && !interim
+        && (!client.keep_alive || until_close || strip_chunked);
+
+    let mut w = Writer { out, ok: true };
+    if interim && client.http10 {
+        // HTTP/1.0 clients do not understand interim responses: swallow it.
+    } else {
+        let mut code = [0u8; 3];
+        code[0] = b'0' + (status / 100 % 10) as u8;
+        code[1] = b'0' + (status / 10 % 10) as u8;
+        code[2] = b'0' + (status % 10) as u8;
+        w.put(if client.http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+        w.put(&code);
+        w.put(b" ");
+        w.put(reason.as_bytes());
+        w.put(b"\r\n");
+        for h in resp.headers.iter() {
+            let drop = is_hop_by_hop(h.name)
+                || conn.names(h.name)
+                || (te_chunked.is_some() && name_is(h.name, "content-length"));
+            if !drop {
+                w.put(h.name.as_bytes());
+                w.put(b": ");
+                w.put(h.value);
+                w.put(b"\r\n");
+            }
+        }
+        if chunked && !strip_chunked {
+            w.put(b"Transfer-Encoding: chunked\r\n");
+        }
+        w.put(b"Via: 1.1 speedmimi\r\n");
+        if switching {
+            w.put(b"Connection: upgrade\r\n");
+            if let Some(up) = resp.headers.iter().find(|h| name_is(h.name, "upgrade")) {
+                w.put(b"Upgrade: ");
+                w.put(up.value);
+                w.put(b"\r\n");
+            }
+        } else if !interim {
+            if close_client {
+                w.put(b"Connection: close\r\n");
+            } else if client.http10 {
+                w.put(b"Connection: keep-alive\r\n");
+            }
+        }
+        w.put(b"\r\n");
+    }
+    if !w.ok {
+        return Err(Garbage);
+    }
+    Ok(Some(ResponseHead {
+        head_len,
+        status,
+        framing,
+        upstream_reusable,
+        strip_chunked,
+        close_client,
+        interim,
+        switching,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buffer::BufPool;
+
+    const CLIENT11: ClientSide = ClientSide {
+        http10: false,
+        keep_alive: true,
+        head_request: false,
+        upgrade_requested: false,
+    };
+
+    fn run(resp: &str, client: ClientSide) -> (Result<Option<ResponseHead>, Garbage>, String) {
+        let mut pool = BufPool::new(4096, 1);
+        let mut out = pool.get();
+        let r = parse_and_rewrite(resp.as_bytes(), client, &mut out);
+        (r, String::from_utf8_lossy(out.data()).into_owned())
+    }
+
+    #[test]
+    fn keep_alive_response_is_rewritten() {
+        let (r, out) = run(
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\r\nhi",
+            CLIENT11,
+        );
+        let head = r.unwrap().unwrap();
+        assert!(head.upstream_reusable && !head.close_client);
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nVia: 1.1 speedmimi\r\n\r\n");
+    }
+
+    #[test]
+    fn framing_of_responses() {
+        let (r, _) = run("HTTP/1.1 200 OK\r\n\r\n", CLIENT11);
+        let head = r.unwrap().unwrap();
+        assert!(matches!(head.framing, Framing::UntilClose));
+        assert!(head.close_client && !head.upstream_reusable);
+        let (r, _) = run("HTTP/1.1 204 No Content\r\n\r\n", CLIENT11);
+        assert!(matches!(r.unwrap().unwrap().framing, Framing::Empty));
+        let head_req = ClientSide {
+            head_request: true,
+            ..CLIENT11
+        };
+        let (r, _) = run("HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n", head_req);
+        assert!(matches!(r.unwrap().unwrap().framing, Framing::Empty));
+        let (r, _) = run("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", CLIENT11);
+        assert_eq!(r.err(), Some(Garbage));
+        let (r, _) = run("HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", CLIENT11);
+        assert_eq!(r.err(), Some(Garbage));
+        let (r, _) = run("garbage\r\n\r\n", CLIENT11);
+        assert_eq!(r.err(), Some(Garbage));
+    }
+
+    #[test]
+    fn chunked_to_http10_client_is_stripped() {
+        let c10 = ClientSide {
+            http10: true,
+            keep_alive: true,
+            ..CLIENT11
+        };
+        let (r, out) = run("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", c10);
+        let head = r.unwrap().unwrap();
+        assert!(head.strip_chunked && head.close_client);
+        assert_eq!(out, "HTTP/1.0 200 OK\r\nVia: 1.1 speedmimi\r\nConnection: close\r\n\r\n");
+    }
+}
