@@ -81,6 +81,11 @@ impl TimerWheel {
         Some(Duration::from_millis(due.saturating_sub(now_ms).max(1)))
     }
 
+    /// The tick `now` falls in.
+    pub fn current_tick(&self, now: Instant) -> u32 {
+        (self.millis(now) as u64 / TICK_MS) as u32
+    }
+
     pub fn tick_of(deadline: Millis) -> u32 {
         (deadline as u64).div_ceil(TICK_MS) as u32
     }

@@ -222,10 +222,8 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>,
             upgrade_value = Some(Span::of(buf, h.value));
         }
     }
-    if saw_te {
-        if !chunked || content_length.is_some() || http10 {
-            return Err(Reject::BadRequest);
-        }
+    if saw_te && (!chunked || content_length.is_some() || http10) {
+        return Err(Reject::BadRequest);
     }
     if host.is_none() && !http10 {
         return Err(Reject::BadRequest);

@@ -110,10 +110,8 @@ pub fn parse_and_rewrite(
     };
     let until_close = matches!(framing, Framing::UntilClose);
     // Content-Length beside Transfer-Encoding was smuggled or broken: never reuse.
-    let upstream_reusable = upstream_keep_alive
-        && !until_close
-        && !switching
-        && !(te_chunked.is_some() && content_length.is_some());
+    let smuggled = te_chunked.is_some() && content_length.is_some();
+    let upstream_reusable = upstream_keep_alive && !(until_close || switching || smuggled);
     let chunked = matches!(framing, Framing::Chunked(_));
     let strip_chunked = chunked && client.http10;
     let close_client = !switching

@@ -1,0 +1,161 @@
+//! What the loop's slab holds: client connections, upstream connections and
+//! the exchange (one request/response in flight) a busy client owns.
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use mio::net::TcpStream;
+
+use crate::buffer::Buf;
+use crate::http::body::{BodyScan, Framing};
+use crate::http::response::ClientSide;
+use crate::timer::Millis;
+
+pub(super) const READABLE: u8 = 1;
+pub(super) const WRITABLE: u8 = 2;
+
+/// Where a client connection is in its life (decides its timeout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// Between requests, no buffer held: idle_timeout.
+    Idle,
+    /// A request head is arriving: header_timeout from its first byte.
+    Head,
+    /// A request is being proxied: upstream and read/write timeouts.
+    Busy,
+    /// An error answer is being sent, then the connection lingers briefly.
+    Closing,
+}
+
+pub(super) struct ClientConn {
+    pub stream: TcpStream,
+    pub gen: u32,
+    pub deadline: Millis,
+    /// Tick of this connection's live timer entry.
+    pub timer_tick: u32,
+    pub ready: u8,
+    pub phase: Phase,
+    pub peer: IpAddr,
+    /// Counted in open connections (false for those refused past max_conn).
+    pub counted: bool,
+    pub ex: Option<Box<Exchange>>,
+}
+
+pub(super) struct UpstreamConn {
+    pub stream: TcpStream,
+    pub gen: u32,
+    pub deadline: Millis,
+    pub timer_tick: u32,
+    pub ready: u8,
+    pub upstream: u16,
+    pub backend: u16,
+    /// The client this connection serves; `None` while in the pool.
+    pub client: Option<usize>,
+    pub connecting: bool,
+    /// Taken from the keep-alive pool for the current request.
+    pub reused: bool,
+}
+
+pub(super) enum Entry {
+    Client(ClientConn),
+    Upstream(UpstreamConn),
+}
+
+/// One request and its response, with the buffers they hold while bytes are
+/// in flight. Pooled per loop; an idle connection has none.
+pub(super) struct Exchange {
+    /// Bytes read from the client: the head, the body, pipelined requests.
+    pub inbuf: Option<Buf>,
+    /// The head sent upstream; kept until the response head arrives so the
+    /// request can be re-sent to another backend.
+    pub req_head: Option<Buf>,
+    pub req_head_sent: usize,
+    /// Bytes read from the backend.
+    pub resp_buf: Option<Buf>,
+    /// The head (or synthesized answer) to send to the client.
+    pub resp_head: Option<Buf>,
+    /// A request is in flight.
+    pub active: bool,
+    pub tunnel: bool,
+    pub req_body: BodyScan,
+    /// `None` until the response head has arrived.
+    pub resp_body: Option<BodyScan>,
+    pub client: ClientSide,
+    pub idempotent: bool,
+    /// Close the client once the current response is sent.
+    pub close_after: bool,
+    pub client_eof: bool,
+    pub upstream_eof: bool,
+    /// Some response byte went to the client: no more error answers.
+    pub resp_started: bool,
+    /// The backend connection may carry the next request.
+    pub upstream_reusable: bool,
+    pub upstream_key: Option<usize>,
+    pub upstream: usize,
+    pub backend: usize,
+    pub route: usize,
+    pub tried: [usize; 4],
+    pub tries: usize,
+    pub attempts: usize,
+    pub started: Instant,
+    /// Closing: the write side was shut down after the answer.
+    pub shut: bool,
+}
+
+impl Exchange {
+    pub fn new(now: Instant) -> Exchange {
+        Exchange {
+            inbuf: None,
+            req_head: None,
+            req_head_sent: 0,
+            resp_buf: None,
+            resp_head: None,
+            active: false,
+            tunnel: false,
+            req_body: BodyScan::new(Framing::Empty, false),
+            resp_body: None,
+            client: ClientSide {
+                http10: false,
+                keep_alive: true,
+                head_request: false,
+                upgrade_requested: false,
+            },
+            idempotent: true,
+            close_after: false,
+            client_eof: false,
+            upstream_eof: false,
+            resp_started: false,
+            upstream_reusable: false,
+            upstream_key: None,
+            upstream: 0,
+            backend: 0,
+            route: 0,
+            tried: [usize::MAX; 4],
+            tries: 0,
+            attempts: 0,
+            started: now,
+            shut: false,
+        }
+    }
+
+    /// Holds no buffer and no request: can go back to the pool.
+    pub fn is_idle(&self) -> bool {
+        !self.active
+            && !self.client_eof
+            && self.inbuf.is_none()
+            && self.req_head.is_none()
+            && self.resp_buf.is_none()
+            && self.resp_head.is_none()
+    }
+
+    pub fn pending_to_client(&self) -> bool {
+        self.resp_head.as_ref().is_some_and(|b| !b.is_empty())
+            || self.resp_body.as_ref().is_some_and(|b| b.pending() > 0)
+    }
+
+    pub fn req_head_unsent(&self) -> usize {
+        self.req_head
+            .as_ref()
+            .map_or(0, |b| b.len() - self.req_head_sent)
+    }
+}

@@ -1,0 +1,453 @@
+//! One event loop: accepts, dispatches readiness to connections, fires
+//! timeouts. The proxying itself (what a connection does when it can make
+//! progress) is in `proxy.rs`.
+
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use super::conn::{ClientConn, Entry, Exchange, Phase, UpstreamConn, READABLE, WRITABLE};
+use crate::balancer::{new_balancer, Balancer};
+use crate::buffer::BufPool;
+use crate::config::{Config, Router, UpstreamConfig};
+use crate::http::errors::Reject;
+use crate::http::request::Limits;
+use crate::stats::LoopStats;
+use crate::timer::{Millis, TimerWheel};
+use crate::upstream::pool::KeepAlivePool;
+use crate::upstream::UpstreamState;
+
+const LISTENER: Token = Token(usize::MAX - 1);
+/// Connections accepted per wake-up before other work gets a turn.
+const ACCEPT_BATCH: usize = 256;
+/// Free buffers a loop keeps for the next burst; the rest go back to the allocator.
+const POOLED_BUFFERS: usize = 256;
+const POOLED_EXCHANGES: usize = 256;
+/// After an error answer, how long the connection may linger to drain input.
+pub(super) const LINGER: Duration = Duration::from_secs(2);
+
+/// The routing state of one loop, rebuilt from a configuration.
+pub(super) struct Routing {
+    pub config: Arc<Config>,
+    pub router: Router,
+    /// Upstream index of each route.
+    pub route_upstream: Vec<usize>,
+    pub balancers: Vec<Box<dyn Balancer>>,
+    pub upstreams: Vec<UpstreamState>,
+    pub upstream_cfg: Vec<UpstreamConfig>,
+    /// `ip:port` of each backend, the Host of HTTP/1.0 requests without one.
+    pub backend_hosts: Vec<Vec<String>>,
+}
+
+impl Routing {
+    pub fn new(config: Arc<Config>) -> Routing {
+        let upstream_cfg: Vec<UpstreamConfig> = config.upstreams.values().cloned().collect();
+        let upstreams: Vec<UpstreamState> =
+            upstream_cfg.iter().map(UpstreamState::from_config).collect();
+        let mut route_upstream = Vec::new();
+        let mut balancers = Vec::new();
+        for route in config.routing.values() {
+            let u = config
+                .upstreams
+                .get_index_of(&route.upstream)
+                .expect("validated: route names an existing upstream");
+            route_upstream.push(u);
+            balancers.push(new_balancer(route.load_balancer, &upstreams[u]));
+        }
+        let backend_hosts = upstream_cfg
+            .iter()
+            .map(|u| u.backends.iter().map(|b| b.addr.to_string()).collect())
+            .collect();
+        Routing {
+            router: Router::new(&config),
+            config,
+            route_upstream,
+            balancers,
+            upstreams,
+            upstream_cfg,
+            backend_hosts,
+        }
+    }
+}
+
+pub struct EventLoop {
+    pub(super) poll: Poll,
+    listener: TcpListener,
+    listener_ready: bool,
+    pub(super) slab: Slab<Entry>,
+    pub(super) wheel: TimerWheel,
+    pub(super) bufs: BufPool,
+    /// Boxed on purpose: a client holds `Option<Box<Exchange>>` (8 bytes
+    /// while idle), and recycling the boxes avoids an allocation per request.
+    #[allow(clippy::vec_box)]
+    exchanges: Vec<Box<Exchange>>,
+    pub(super) pool: KeepAlivePool,
+    pub(super) routing: Routing,
+    pub(super) stats: Arc<LoopStats>,
+    pub(super) limits: Limits,
+    open_connections: Arc<AtomicUsize>,
+    pub(super) now: Instant,
+    next_gen: u32,
+    last_trim: Instant,
+}
+
+impl EventLoop {
+    pub fn new(
+        config: Arc<Config>,
+        listener: TcpListener,
+        stats: Arc<LoopStats>,
+        open_connections: Arc<AtomicUsize>,
+    ) -> io::Result<EventLoop> {
+        let poll = Poll::new()?;
+        let mut listener = listener;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let now = Instant::now();
+        let max_head = config.server.max_header_size;
+        let limits = Limits {
+            max_head,
+            max_uri: max_head.min(8192),
+        };
+        let routing = Routing::new(config);
+        let sizes: Vec<usize> = routing.upstream_cfg.iter().map(|u| u.backends.len()).collect();
+        Ok(EventLoop {
+            poll,
+            listener,
+            listener_ready: false,
+            slab: Slab::with_capacity(1024),
+            wheel: TimerWheel::new(now),
+            // Room for the largest head plus the headers the proxy adds.
+            bufs: BufPool::new((max_head + 2048).max(16 * 1024), POOLED_BUFFERS),
+            exchanges: Vec::new(),
+            pool: KeepAlivePool::new(&sizes),
+            routing,
+            stats,
+            limits,
+            open_connections,
+            now,
+            next_gen: 1,
+            last_trim: now,
+        })
+    }
+
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        let mut expired = Vec::new();
+        loop {
+            let timeout = if self.listener_ready {
+                Some(Duration::ZERO)
+            } else {
+                self.wheel.next_timeout(self.now)
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            self.now = Instant::now();
+            for event in events.iter() {
+                let token = event.token();
+                if token == LISTENER {
+                    self.listener_ready = true;
+                    continue;
+                }
+                let mut ready = 0;
+                if event.is_readable() || event.is_read_closed() || event.is_error() {
+                    ready |= READABLE;
+                }
+                if event.is_writable() || event.is_write_closed() || event.is_error() {
+                    ready |= WRITABLE;
+                }
+                self.on_ready(token.0, ready);
+            }
+            if self.listener_ready {
+                self.accept_batch();
+            }
+            self.wheel.expire(self.now, &mut expired);
+            for (key, gen) in expired.drain(..) {
+                self.on_timer(key as usize, gen);
+            }
+            self.maybe_trim();
+        }
+    }
+
+    fn accept_batch(&mut self) {
+        for _ in 0..ACCEPT_BATCH {
+            match self.listener.accept() {
+                Ok((stream, peer)) => self.on_accept(stream, peer),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.listener_ready = false;
+                    return;
+                }
+                Err(e) => {
+                    // EMFILE/ENFILE/ENOBUFS: back off until the next wake-up
+                    // instead of spinning on a listener we cannot serve.
+                    tracing::warn!("accept failed: {e}");
+                    self.listener_ready = false;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_accept(&mut self, mut stream: mio::net::TcpStream, peer: std::net::SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        LoopStats::add(&self.stats.connections_total, 1);
+        let refused = self.open_connections.load(Relaxed) >= self.routing.config.server.max_conn;
+        if refused {
+            LoopStats::add(&self.stats.connections_refused, 1);
+            LoopStats::add(&self.stats.rejects[Reject::Unavailable as usize], 1);
+        } else {
+            self.open_connections.fetch_add(1, Relaxed);
+            self.stats.connections_current.fetch_add(1, Relaxed);
+        }
+        let gen = self.gen();
+        let entry = self.slab.vacant_entry();
+        let key = entry.key();
+        if self
+            .poll
+            .registry()
+            .register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE)
+            .is_err()
+        {
+            self.release_slot(refused);
+            return;
+        }
+        let header_timeout = self.routing.config.server.header_timeout;
+        entry.insert(Entry::Client(ClientConn {
+            stream,
+            gen,
+            deadline: 0,
+            timer_tick: 0,
+            ready: 0,
+            phase: if refused { Phase::Closing } else { Phase::Head },
+            peer: peer.ip(),
+            counted: !refused,
+            ex: None,
+        }));
+        if refused {
+            // Past max_conn: answer 503 and close, never leave it hanging.
+            let mut ex = self.new_exchange();
+            let mut buf = self.bufs.get();
+            buf.push(Reject::Unavailable.response());
+            ex.resp_head = Some(buf);
+            ex.close_after = true;
+            ex.client.keep_alive = false;
+            self.client_mut(key).ex = Some(ex);
+            self.set_deadline(key, LINGER);
+        } else {
+            self.set_deadline(key, header_timeout);
+        }
+    }
+
+    fn release_slot(&mut self, refused: bool) {
+        if !refused {
+            self.open_connections.fetch_sub(1, Relaxed);
+            self.stats.connections_current.fetch_sub(1, Relaxed);
+        }
+    }
+
+    fn on_ready(&mut self, key: usize, ready: u8) {
+        match self.slab.get_mut(key) {
+            Some(Entry::Client(c)) => {
+                c.ready |= ready;
+                self.drive(key);
+            }
+            Some(Entry::Upstream(u)) => {
+                u.ready |= ready;
+                match u.client {
+                    Some(ck) => self.drive(ck),
+                    None => {
+                        if ready & READABLE != 0 {
+                            // An idle pooled connection became readable: the
+                            // backend closed it (or sent garbage). Drop it.
+                            let (up, b) = (u.upstream as usize, u.backend as usize);
+                            self.pool.remove(up, b, key);
+                            self.close_upstream(key);
+                        }
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn on_timer(&mut self, key: usize, gen: u32) {
+        let now_ms = self.wheel.millis(self.now);
+        let (deadline, tick, live_gen) = match self.slab.get(key) {
+            Some(Entry::Client(c)) => (c.deadline, c.timer_tick, c.gen),
+            Some(Entry::Upstream(u)) => (u.deadline, u.timer_tick, u.gen),
+            None => return,
+        };
+        if live_gen != gen {
+            return;
+        }
+        if deadline > now_ms {
+            // Moved later since this entry was filed: re-arm once.
+            // Only the connection's live entry re-arms; stale ones just lapse.
+            if tick <= self.wheel.current_tick(self.now) {
+                let t = self.wheel.schedule(key as u32, gen, deadline);
+                self.set_tick(key, t);
+            }
+            return;
+        }
+        match self.slab.get(key) {
+            Some(Entry::Client(_)) => self.client_timeout(key),
+            Some(Entry::Upstream(u)) if u.client.is_none() => {
+                let (up, b) = (u.upstream as usize, u.backend as usize);
+                self.pool.remove(up, b, key);
+                self.close_upstream(key);
+            }
+            _ => {}
+        }
+    }
+
+    fn set_tick(&mut self, key: usize, tick: u32) {
+        match self.slab.get_mut(key) {
+            Some(Entry::Client(c)) => c.timer_tick = tick,
+            Some(Entry::Upstream(u)) => u.timer_tick = tick,
+            None => {}
+        }
+    }
+
+    /// Moves a connection's deadline to `now + d`. Costs a wheel entry only
+    /// when the deadline moves earlier than the entry already filed.
+    pub(super) fn set_deadline(&mut self, key: usize, d: Duration) {
+        let deadline = self.wheel.after(self.now, d);
+        self.set_deadline_at(key, deadline);
+    }
+
+    pub(super) fn set_deadline_at(&mut self, key: usize, deadline: Millis) {
+        let (gen, old_tick, fresh) = match self.slab.get_mut(key) {
+            Some(Entry::Client(c)) => {
+                c.deadline = deadline;
+                (c.gen, c.timer_tick, c.timer_tick == 0)
+            }
+            Some(Entry::Upstream(u)) => {
+                u.deadline = deadline;
+                (u.gen, u.timer_tick, u.timer_tick == 0)
+            }
+            None => return,
+        };
+        if fresh || TimerWheel::tick_of(deadline) < old_tick {
+            let t = self.wheel.schedule(key as u32, gen, deadline);
+            self.set_tick(key, t.max(1));
+        }
+    }
+
+    fn gen(&mut self) -> u32 {
+        self.next_gen = self.next_gen.wrapping_add(1).max(1);
+        self.next_gen
+    }
+
+    pub(super) fn client_mut(&mut self, key: usize) -> &mut ClientConn {
+        match self.slab.get_mut(key) {
+            Some(Entry::Client(c)) => c,
+            _ => unreachable!("key {key} is a client"),
+        }
+    }
+
+    pub(super) fn upstream_mut(&mut self, key: usize) -> &mut UpstreamConn {
+        match self.slab.get_mut(key) {
+            Some(Entry::Upstream(u)) => u,
+            _ => unreachable!("key {key} is an upstream connection"),
+        }
+    }
+
+    pub(super) fn new_exchange(&mut self) -> Box<Exchange> {
+        match self.exchanges.pop() {
+            Some(mut ex) => {
+                *ex = Exchange::new(self.now);
+                ex
+            }
+            None => Box::new(Exchange::new(self.now)),
+        }
+    }
+
+    /// Returns an exchange's buffers and the exchange itself to the pools.
+    pub(super) fn recycle_exchange(&mut self, mut ex: Box<Exchange>) {
+        self.bufs.put_opt(&mut ex.inbuf);
+        self.bufs.put_opt(&mut ex.req_head);
+        self.bufs.put_opt(&mut ex.resp_buf);
+        self.bufs.put_opt(&mut ex.resp_head);
+        if self.exchanges.len() < POOLED_EXCHANGES {
+            self.exchanges.push(ex);
+        }
+    }
+
+    /// Opens a connection to a backend and files it in the slab.
+    pub(super) fn open_upstream(
+        &mut self,
+        upstream: usize,
+        backend: usize,
+        client: usize,
+    ) -> io::Result<usize> {
+        let addr = self.routing.upstream_cfg[upstream].backends[backend].addr;
+        let mut stream = mio::net::TcpStream::connect(addr)?;
+        let _ = stream.set_nodelay(true);
+        let gen = self.gen();
+        let entry = self.slab.vacant_entry();
+        let key = entry.key();
+        self.poll
+            .registry()
+            .register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE)?;
+        entry.insert(Entry::Upstream(UpstreamConn {
+            stream,
+            gen,
+            deadline: 0,
+            timer_tick: 0,
+            ready: 0,
+            upstream: upstream as u16,
+            backend: backend as u16,
+            client: Some(client),
+            connecting: true,
+            reused: false,
+        }));
+        LoopStats::add(&self.stats.upstream_connects, 1);
+        Ok(key)
+    }
+
+    pub(super) fn close_upstream(&mut self, key: usize) {
+        if let Some(Entry::Upstream(mut u)) = self.slab.try_remove(key) {
+            let _ = self.poll.registry().deregister(&mut u.stream);
+        }
+    }
+
+    /// Closes a client connection and everything its exchange holds.
+    pub(super) fn close_client(&mut self, key: usize, ex: Option<Box<Exchange>>) {
+        if let Some(mut ex) = ex {
+            if let Some(uk) = ex.upstream_key.take() {
+                self.finish_upstream(ex.upstream, ex.backend, uk, false);
+            }
+            self.recycle_exchange(ex);
+        }
+        if let Some(Entry::Client(mut c)) = self.slab.try_remove(key) {
+            let _ = self.poll.registry().deregister(&mut c.stream);
+            if let Some(ex) = c.ex.take() {
+                self.recycle_exchange(ex);
+            }
+            self.release_slot(!c.counted);
+        }
+    }
+
+    /// Hands allocator memory back to the OS after a burst released buffers.
+    fn maybe_trim(&mut self) {
+        if self.bufs.released_bytes < 8 << 20 || self.now - self.last_trim < Duration::from_secs(2)
+        {
+            return;
+        }
+        self.bufs.released_bytes = 0;
+        self.last_trim = self.now;
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim only walks glibc's own heap; no Rust invariant involved.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+}

@@ -1,0 +1,733 @@
+//! What a client connection does when it can make progress: read a request,
+//! pick a backend, stream the request up and the response down, then go idle,
+//! answer the next pipelined request, or close. See LIFECYCLE.md.
+//!
+//! Readiness is edge-triggered: `ready` flags remember that a socket may have
+//! more to give until a read or write comes back short or WouldBlock.
+
+use std::io::{self, IoSlice, Read, Write};
+use std::time::Duration;
+
+use super::conn::{Entry, Exchange, Phase, READABLE, WRITABLE};
+use super::event_loop::{EventLoop, LINGER};
+use crate::balancer::PickContext;
+use crate::http::body::{BodyScan, Framing};
+use crate::http::errors::Reject;
+use crate::http::request::{parse_request, write_upstream_head, Method, RequestHead};
+use crate::http::response::{parse_and_rewrite, ClientSide};
+use crate::stats::LoopStats;
+
+/// Whether a connection stays after this turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Flow {
+    Keep,
+    Close,
+}
+
+/// The outcome of one step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Progress,
+    Blocked,
+    Close,
+}
+
+/// Why the backend side of an exchange failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UpstreamFailure {
+    ConnectRefused,
+    ConnectTimeout,
+    /// Closed or reset before a complete response head.
+    Closed,
+    /// No response within the read timeout.
+    Timeout,
+    /// An unparseable or unframeable response.
+    Garbage,
+}
+
+/// At most this many backends are tried for one request.
+const MAX_TRIED: usize = 4;
+
+impl EventLoop {
+    /// Makes every bit of progress a client connection can make now.
+    pub(super) fn drive(&mut self, ck: usize) {
+        let Some(Entry::Client(c)) = self.slab.get_mut(ck) else {
+            return;
+        };
+        let taken = c.ex.take();
+        let mut ex = match taken {
+            Some(ex) => ex,
+            None => self.new_exchange(),
+        };
+        match self.pump(ck, &mut ex) {
+            Flow::Keep => self.park(ck, ex),
+            Flow::Close => self.close_client(ck, Some(ex)),
+        }
+    }
+
+    /// Puts the exchange back (or releases it when idle) and refreshes the
+    /// deadline of a busy connection.
+    fn park(&mut self, ck: usize, ex: Box<Exchange>) {
+        let phase = self.client_mut(ck).phase;
+        if phase == Phase::Busy {
+            let d = self.busy_timeout(&ex);
+            self.set_deadline(ck, d);
+        }
+        if ex.is_idle() && phase != Phase::Closing {
+            self.recycle_exchange(ex);
+        } else {
+            self.client_mut(ck).ex = Some(ex);
+        }
+    }
+
+    fn busy_timeout(&self, ex: &Exchange) -> Duration {
+        let up = &self.routing.upstream_cfg[ex.upstream];
+        let connecting = ex
+            .upstream_key
+            .and_then(|k| match self.slab.get(k) {
+                Some(Entry::Upstream(u)) => Some(u.connecting),
+                _ => None,
+            })
+            .unwrap_or(false);
+        if connecting {
+            up.connect_timeout
+        } else if ex.resp_body.is_none() {
+            up.read_timeout
+        } else {
+            self.routing.config.server.read_timeout
+        }
+    }
+
+    fn pump(&mut self, ck: usize, ex: &mut Exchange) -> Flow {
+        loop {
+            let mut progress = false;
+            for step in [
+                self.read_client(ck, ex),
+                self.next_request(ck, ex),
+                self.pump_upstream(ck, ex),
+                self.write_client(ck, ex),
+                self.finish_response(ck, ex),
+                self.pump_closing(ck, ex),
+            ] {
+                match step {
+                    Step::Close => return Flow::Close,
+                    Step::Progress => progress = true,
+                    Step::Blocked => {}
+                }
+            }
+            if !progress {
+                let pending = ex.pending_to_client();
+                let inbuf_empty = ex.inbuf.as_ref().is_none_or(|b| b.is_empty());
+                if ex.client_eof && !ex.active && !pending && inbuf_empty {
+                    return Flow::Close;
+                }
+                return Flow::Keep;
+            }
+        }
+    }
+
+    fn read_client(&mut self, ck: usize, ex: &mut Exchange) -> Step {
+        let Some(Entry::Client(c)) = self.slab.get_mut(ck) else {
+            return Step::Close;
+        };
+        if c.ready & READABLE == 0 || ex.client_eof {
+            return Step::Blocked;
+        }
+        let buf = ex.inbuf.get_or_insert_with(|| self.bufs.get());
+        if c.phase == Phase::Closing {
+            buf.clear(); // draining after an error answer
+        }
+        if !buf.has_spare() {
+            return Step::Blocked; // backpressure: the buffer drains first
+        }
+        let spare = buf.spare();
+        let want = spare.len();
+        match c.stream.read(spare) {
+            Ok(0) => {
+                c.ready &= !READABLE;
+                ex.client_eof = true;
+                if buf.is_empty() {
+                    self.bufs.put_opt(&mut ex.inbuf);
+                }
+                Step::Progress
+            }
+            Ok(n) => {
+                buf.filled(n);
+                if n < want {
+                    c.ready &= !READABLE;
+                }
+                LoopStats::add(&self.stats.bytes_in, n as u64);
+                if c.phase == Phase::Idle {
+                    c.phase = Phase::Head;
+                    let d = self.routing.config.server.header_timeout;
+                    self.set_deadline(ck, d);
+                }
+                Step::Progress
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                c.ready &= !READABLE;
+                if buf.is_empty() {
+                    self.bufs.put_opt(&mut ex.inbuf);
+                }
+                Step::Blocked
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Step::Progress,
+            Err(_) => Step::Close,
+        }
+    }
+
+    /// Parses the next request head when none is in flight.
+    fn next_request(&mut self, ck: usize, ex: &mut Exchange) -> Step {
+        if ex.active || self.client_mut(ck).phase == Phase::Closing {
+            return Step::Blocked;
+        }
+        let Some(buf) = ex.inbuf.as_ref() else {
+            return Step::Blocked;
+        };
+        if buf.is_empty() {
+            return Step::Blocked;
+        }
+        match parse_request(buf.data(), &self.limits) {
+            Ok(None) => {
+                if ex.client_eof {
+                    return Step::Close; // the client gave up mid-head
+                }
+                Step::Blocked
+            }
+            Err(reject) => self.reject(ck, ex, reject),
+            Ok(Some(head)) => self.begin(ck, ex, head),
+        }
+    }
+
+    /// Starts proxying a parsed request: route, backend, upstream head.
+    fn begin(&mut self, ck: usize, ex: &mut Exchange, head: RequestHead) -> Step {
+        LoopStats::add(&self.stats.requests, 1);
+        let data = ex.inbuf.as_ref().expect("head parsed from inbuf").data();
+        let host = head.host.map_or(&b""[..], |h| h.get(data));
+        let Some(route) = self.routing.router.route(host, head.path(data)) else {
+            return self.reject(ck, ex, Reject::NotFound);
+        };
+        ex.route = route;
+        ex.upstream = self.routing.route_upstream[route];
+        ex.client = ClientSide {
+            http10: head.http10,
+            keep_alive: head.keep_alive,
+            head_request: head.method == Method::Head,
+            upgrade_requested: head.upgrade.is_some(),
+        };
+        ex.idempotent = head.method.is_idempotent();
+        ex.close_after = !head.keep_alive;
+        ex.req_body = BodyScan::new(head.framing.clone(), false);
+        ex.resp_body = None;
+        ex.resp_started = false;
+        ex.upstream_eof = false;
+        ex.upstream_reusable = false;
+        ex.tunnel = false;
+        ex.tries = 0;
+        ex.attempts = 0;
+        ex.tried = [usize::MAX; MAX_TRIED];
+        ex.started = self.now;
+        self.client_mut(ck).phase = Phase::Busy;
+        if let Err(reject) = self.attach_backend(ck, ex) {
+            return self.reject(ck, ex, reject);
+        }
+        let mut out = self.bufs.get();
+        let data = ex.inbuf.as_ref().expect("head parsed from inbuf").data();
+        let peer = self.client_mut(ck).peer;
+        let fallback_host = &self.routing.backend_hosts[ex.upstream][ex.backend];
+        let fits = write_upstream_head(data, &head, &mut out, peer, fallback_host);
+        ex.req_head = Some(out);
+        ex.req_head_sent = 0;
+        if !fits {
+            return self.reject(ck, ex, Reject::HeadersTooLarge);
+        }
+        ex.inbuf.as_mut().expect("inbuf").consume(head.head_len);
+        ex.active = true;
+        Step::Progress
+    }
+
+    /// Picks a backend and gives the exchange a connection to it: an idle
+    /// pooled one, or a new one. Failed connects move on to another backend.
+    fn attach_backend(&mut self, ck: usize, ex: &mut Exchange) -> Result<(), Reject> {
+        let u = ex.upstream;
+        let max_attempts = (self.routing.upstream_cfg[u].retries as usize + 2).min(MAX_TRIED + 1);
+        let peer = self.client_mut(ck).peer;
+        loop {
+            if ex.attempts >= max_attempts {
+                return Err(Reject::BadGateway);
+            }
+            let ctx = PickContext {
+                client_ip: peer,
+                exclude: &ex.tried[..ex.tries],
+                now: self.now,
+            };
+            let picked =
+                self.routing.balancers[ex.route].pick(&self.routing.upstreams[u], &ctx);
+            let Some(b) = picked else {
+                return Err(if ex.tries == 0 {
+                    Reject::Unavailable
+                } else {
+                    Reject::BadGateway
+                });
+            };
+            ex.attempts += 1;
+            let (key, reused) = match self.pool.take(u, b) {
+                Some(key) => {
+                    LoopStats::add(&self.stats.upstream_reuses, 1);
+                    (key, true)
+                }
+                None => match self.open_upstream(u, b, ck) {
+                    Ok(key) => (key, false),
+                    Err(_) => {
+                        self.routing.upstreams[u].record_failure(b, self.now);
+                        self.mark_tried(ex, b);
+                        continue;
+                    }
+                },
+            };
+            let up = self.upstream_mut(key);
+            up.client = Some(ck);
+            up.reused = reused;
+            ex.upstream_key = Some(key);
+            ex.backend = b;
+            self.routing.upstreams[u].request_started(b);
+            return Ok(());
+        }
+    }
+
+    fn mark_tried(&self, ex: &mut Exchange, backend: usize) {
+        if ex.tries < MAX_TRIED {
+            ex.tried[ex.tries] = backend;
+            ex.tries += 1;
+        }
+    }
+
+    /// Moves bytes between the client's buffers and the backend connection.
+    fn pump_upstream(&mut self, ck: usize, ex: &mut Exchange) -> Step {
+        let Some(uk) = ex.upstream_key else {
+            return Step::Blocked;
+        };
+        let mut progress = false;
+        // Connect completion.
+        {
+            let up = self.upstream_mut(uk);
+            if up.connecting {
+                if up.ready == 0 {
+                    return Step::Blocked;
+                }
+                let failed = !matches!(up.stream.take_error(), Ok(None));
+                match up.stream.peer_addr() {
+                    Ok(_) if !failed => {
+                        up.connecting = false;
+                        progress = true;
+                    }
+                    Err(e) if !failed && e.kind() == io::ErrorKind::NotConnected => {
+                        up.ready = 0;
+                        return Step::Blocked;
+                    }
+                    _ => return self.upstream_failed(ck, ex, UpstreamFailure::ConnectRefused),
+                }
+            }
+        }
+        // Request bytes: the head, then body bytes the framing vouches for.
+        if let Some(inbuf) = ex.inbuf.as_mut() {
+            if ex.req_body.scan(inbuf).is_err() {
+                return self.reject(ck, ex, Reject::BadRequest);
+            }
+        }
+        let Some(Entry::Upstream(up)) = self.slab.get_mut(uk) else {
+            return Step::Close;
+        };
+        if up.ready & WRITABLE != 0 {
+            let head = ex.req_head.as_ref().map_or(&[][..], |b| &b.data()[ex.req_head_sent..]);
+            let body_len = ex.req_body.pending();
+            let body = ex.inbuf.as_ref().map_or(&[][..], |b| &b.data()[..body_len]);
+            let total = head.len() + body.len();
+            if total > 0 {
+                match up
+                    .stream
+                    .write_vectored(&[IoSlice::new(head), IoSlice::new(body)])
+                {
+                    Ok(n) => {
+                        let from_head = n.min(head.len());
+                        ex.req_head_sent += from_head;
+                        let from_body = n - from_head;
+                        if from_body > 0 {
+                            ex.inbuf.as_mut().expect("body").consume(from_body);
+                            ex.req_body.sent(from_body);
+                        }
+                        if n < total {
+                            up.ready &= !WRITABLE;
+                        }
+                        progress = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => up.ready &= !WRITABLE,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => progress = true,
+                    Err(_) => return self.upstream_failed(ck, ex, UpstreamFailure::Closed),
+                }
+            }
+        }
+        // Response bytes.
+        let Some(Entry::Upstream(up)) = self.slab.get_mut(uk) else {
+            return Step::Close;
+        };
+        if up.ready & READABLE != 0 && !ex.upstream_eof {
+            let buf = ex.resp_buf.get_or_insert_with(|| self.bufs.get());
+            if buf.has_spare() {
+                let spare = buf.spare();
+                let want = spare.len();
+                match up.stream.read(spare) {
+                    Ok(0) => {
+                        up.ready &= !READABLE;
+                        ex.upstream_eof = true;
+                        progress = true;
+                    }
+                    Ok(n) => {
+                        buf.filled(n);
+                        if n < want {
+                            up.ready &= !READABLE;
+                        }
+                        progress = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => up.ready &= !READABLE,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => progress = true,
+                    Err(_) => {
+                        // A reset: like an early close, but nothing more will come.
+                        up.ready &= !READABLE;
+                        ex.upstream_eof = true;
+                        ex.upstream_reusable = false;
+                        progress = true;
+                    }
+                }
+            }
+        }
+        // The response head (after any interim 1xx heads).
+        while ex.resp_body.is_none() {
+            let Some(buf) = ex.resp_buf.as_mut() else {
+                break;
+            };
+            if buf.is_empty() {
+                break;
+            }
+            let mut out = ex.resp_head.take().unwrap_or_else(|| self.bufs.get());
+            let parsed = parse_and_rewrite(buf.data(), ex.client, &mut out);
+            ex.resp_head = Some(out);
+            match parsed {
+                Ok(None) => {
+                    if !buf.has_spare() {
+                        return self.upstream_failed(ck, ex, UpstreamFailure::Garbage);
+                    }
+                    break;
+                }
+                Err(_) => return self.upstream_failed(ck, ex, UpstreamFailure::Garbage),
+                Ok(Some(head)) => {
+                    buf.consume(head.head_len);
+                    progress = true;
+                    if head.interim {
+                        continue;
+                    }
+                    let latency = self.now.saturating_duration_since(ex.started);
+                    self.routing.upstreams[ex.upstream].record_success(ex.backend, latency, self.now);
+                    ex.close_after |= head.close_client;
+                    ex.upstream_reusable = head.upstream_reusable;
+                    ex.resp_body = Some(BodyScan::new(head.framing, head.strip_chunked));
+                    if head.switching {
+                        ex.tunnel = true;
+                        ex.req_body = BodyScan::new(Framing::UntilClose, false);
+                    }
+                }
+            }
+        }
+        match ex.resp_body.as_mut() {
+            None => {
+                if ex.upstream_eof {
+                    return self.upstream_failed(ck, ex, UpstreamFailure::Closed);
+                }
+            }
+            Some(body) => {
+                if let Some(buf) = ex.resp_buf.as_mut() {
+                    if body.scan(buf).is_err() {
+                        return Step::Close; // broken chunking mid-response
+                    }
+                }
+                if ex.upstream_eof && !body.on_eof() {
+                    return Step::Close; // cut short: never end it like a whole response
+                }
+            }
+        }
+        if progress {
+            Step::Progress
+        } else {
+            Step::Blocked
+        }
+    }
+
+    fn write_client(&mut self, ck: usize, ex: &mut Exchange) -> Step {
+        let Some(Entry::Client(c)) = self.slab.get_mut(ck) else {
+            return Step::Close;
+        };
+        if c.ready & WRITABLE == 0 {
+            return Step::Blocked;
+        }
+        let head = ex.resp_head.as_ref().map_or(&[][..], |b| b.data());
+        let body_len = ex.resp_body.as_ref().map_or(0, |b| b.pending());
+        let body = ex.resp_buf.as_ref().map_or(&[][..], |b| &b.data()[..body_len]);
+        let total = head.len() + body.len();
+        if total == 0 {
+            return Step::Blocked;
+        }
+        match c
+            .stream
+            .write_vectored(&[IoSlice::new(head), IoSlice::new(body)])
+        {
+            Ok(n) => {
+                let from_head = n.min(head.len());
+                let from_body = n - from_head;
+                if from_head > 0 {
+                    ex.resp_head.as_mut().expect("head").consume(from_head);
+                }
+                if from_body > 0 {
+                    ex.resp_buf.as_mut().expect("body").consume(from_body);
+                    ex.resp_body.as_mut().expect("body").sent(from_body);
+                }
+                if n < total {
+                    c.ready &= !WRITABLE;
+                }
+                if ex.active {
+                    ex.resp_started = true;
+                }
+                LoopStats::add(&self.stats.bytes_out, n as u64);
+                if ex.resp_head.as_ref().is_some_and(|b| b.is_empty()) {
+                    self.bufs.put_opt(&mut ex.resp_head);
+                }
+                Step::Progress
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                c.ready &= !WRITABLE;
+                Step::Blocked
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Step::Progress,
+            Err(_) => Step::Close,
+        }
+    }
+
+    /// After the whole response went out: release the backend connection
+    /// (to the pool when it can carry another request) and go idle, take the
+    /// next pipelined request, or close.
+    fn finish_response(&mut self, ck: usize, ex: &mut Exchange) -> Step {
+        if !ex.active {
+            return Step::Blocked;
+        }
+        if ex.tunnel {
+            let client_done = ex.client_eof && ex.inbuf.as_ref().is_none_or(|b| b.is_empty());
+            let upstream_done = ex.upstream_eof && !ex.pending_to_client();
+            return if client_done || upstream_done {
+                Step::Close
+            } else {
+                Step::Blocked
+            };
+        }
+        let Some(body) = ex.resp_body.as_ref() else {
+            return Step::Blocked;
+        };
+        if !body.is_complete() || ex.resp_head.as_ref().is_some_and(|b| !b.is_empty()) {
+            return Step::Blocked;
+        }
+        let req_complete = ex.req_body.is_complete() && ex.req_head_unsent() == 0;
+        let leftover = ex.resp_buf.as_ref().is_some_and(|b| !b.is_empty());
+        let reusable = ex.upstream_reusable && req_complete && !leftover && !ex.upstream_eof;
+        if let Some(uk) = ex.upstream_key.take() {
+            self.finish_upstream(ex.upstream, ex.backend, uk, reusable);
+        }
+        self.bufs.put_opt(&mut ex.req_head);
+        self.bufs.put_opt(&mut ex.resp_buf);
+        self.bufs.put_opt(&mut ex.resp_head);
+        ex.active = false;
+        ex.resp_body = None;
+        if !req_complete {
+            // The rest of the request body would be read as the next request.
+            ex.close_after = true;
+        }
+        if ex.close_after || ex.client_eof {
+            return self.start_closing(ck, ex);
+        }
+        let has_next = ex.inbuf.as_ref().is_some_and(|b| !b.is_empty());
+        if !has_next {
+            self.bufs.put_opt(&mut ex.inbuf);
+        }
+        let server = &self.routing.config.server;
+        let (phase, d) = if has_next {
+            (Phase::Head, server.header_timeout)
+        } else {
+            (Phase::Idle, server.idle_timeout)
+        };
+        self.client_mut(ck).phase = phase;
+        self.set_deadline(ck, d);
+        Step::Progress
+    }
+
+    /// Returns a backend connection to the pool or closes it.
+    pub(super) fn finish_upstream(&mut self, u: usize, b: usize, uk: usize, reusable: bool) {
+        self.routing.upstreams[u].request_finished(b);
+        if reusable {
+            let limit = self.routing.upstream_cfg[u].keepalive;
+            let up = self.upstream_mut(uk);
+            up.client = None;
+            up.reused = false;
+            if up.ready & READABLE == 0 && self.pool.put(u, b, uk, limit) {
+                let d = self.routing.upstream_cfg[u].keepalive_timeout;
+                self.set_deadline(uk, d);
+                return;
+            }
+        }
+        self.close_upstream(uk);
+    }
+
+    /// The backend failed before the response was complete: retry when that
+    /// is safe, else answer 502/504, or cut the client off when part of the
+    /// response already went out.
+    fn upstream_failed(&mut self, ck: usize, ex: &mut Exchange, why: UpstreamFailure) -> Step {
+        let Some(uk) = ex.upstream_key.take() else {
+            return Step::Close;
+        };
+        let reused = matches!(self.slab.get(uk), Some(Entry::Upstream(u)) if u.reused);
+        let (u, b) = (ex.upstream, ex.backend);
+        self.routing.upstreams[u].request_finished(b);
+        self.close_upstream(uk);
+        if ex.resp_started || ex.resp_body.is_some() {
+            return Step::Close;
+        }
+        let got_bytes = ex.resp_buf.as_ref().is_some_and(|buf| !buf.is_empty());
+        // A pooled connection the backend had already closed is not the
+        // backend's failure: it is the keep-alive race.
+        let stale = reused && why == UpstreamFailure::Closed && !got_bytes;
+        if !stale {
+            self.routing.upstreams[u].record_failure(b, self.now);
+            self.mark_tried(ex, b);
+        }
+        let retry = match why {
+            UpstreamFailure::ConnectRefused | UpstreamFailure::ConnectTimeout => true,
+            UpstreamFailure::Closed => ex.idempotent && ex.req_body.forwarded == 0 && !got_bytes,
+            UpstreamFailure::Timeout | UpstreamFailure::Garbage => false,
+        };
+        if retry {
+            ex.req_head_sent = 0;
+            ex.upstream_eof = false;
+            if let Some(buf) = ex.resp_buf.as_mut() {
+                buf.clear();
+            }
+            if let Some(buf) = ex.resp_head.as_mut() {
+                buf.clear();
+            }
+            match self.attach_backend(ck, ex) {
+                Ok(()) => {
+                    LoopStats::add(&self.stats.upstream_retries, 1);
+                    return Step::Progress;
+                }
+                Err(Reject::Unavailable) => return self.reject(ck, ex, Reject::BadGateway),
+                Err(reject) => return self.reject(ck, ex, reject),
+            }
+        }
+        let reject = match why {
+            UpstreamFailure::ConnectTimeout | UpstreamFailure::Timeout => Reject::GatewayTimeout,
+            _ => Reject::BadGateway,
+        };
+        self.reject(ck, ex, reject)
+    }
+
+    /// Answers with an error from the catalogue and closes the connection
+    /// afterwards (its framing can no longer be trusted).
+    fn reject(&mut self, ck: usize, ex: &mut Exchange, reject: Reject) -> Step {
+        LoopStats::add(&self.stats.rejects[reject as usize], 1);
+        if let Some(uk) = ex.upstream_key.take() {
+            self.finish_upstream(ex.upstream, ex.backend, uk, false);
+        }
+        if ex.resp_started {
+            return Step::Close;
+        }
+        self.bufs.put_opt(&mut ex.req_head);
+        self.bufs.put_opt(&mut ex.resp_buf);
+        let mut out = ex.resp_head.take().unwrap_or_else(|| self.bufs.get());
+        out.clear();
+        out.push(reject.response());
+        ex.resp_head = Some(out);
+        ex.active = false;
+        ex.tunnel = false;
+        ex.resp_body = None;
+        self.start_closing(ck, ex)
+    }
+
+    fn start_closing(&mut self, ck: usize, ex: &mut Exchange) -> Step {
+        ex.close_after = true;
+        if let Some(buf) = ex.inbuf.as_mut() {
+            buf.clear();
+        }
+        self.client_mut(ck).phase = Phase::Closing;
+        let d = self.routing.config.server.write_timeout;
+        self.set_deadline(ck, d);
+        Step::Progress
+    }
+
+    /// Closing: once the answer is out, shut our side down and drain what
+    /// the client still sends for a moment, so the answer is not lost to a
+    /// reset caused by unread input.
+    fn pump_closing(&mut self, ck: usize, ex: &mut Exchange) -> Step {
+        let c = self.client_mut(ck);
+        if c.phase != Phase::Closing || ex.pending_to_client() {
+            return Step::Blocked;
+        }
+        if !ex.shut {
+            ex.shut = true;
+            let _ = c.stream.shutdown(std::net::Shutdown::Write);
+            self.set_deadline(ck, LINGER);
+            return Step::Progress;
+        }
+        if ex.client_eof {
+            return Step::Close;
+        }
+        Step::Blocked
+    }
+
+    /// A client connection's deadline passed.
+    pub(super) fn client_timeout(&mut self, ck: usize) {
+        let c = self.client_mut(ck);
+        let phase = c.phase;
+        let Some(mut ex) = c.ex.take() else {
+            // Idle, or a new connection that never sent a byte.
+            self.close_client(ck, None);
+            return;
+        };
+        let step = match phase {
+            Phase::Idle | Phase::Closing => Step::Close,
+            Phase::Head => {
+                if ex.inbuf.as_ref().is_some_and(|b| !b.is_empty()) {
+                    self.reject(ck, &mut ex, Reject::RequestTimeout)
+                } else {
+                    Step::Close
+                }
+            }
+            Phase::Busy => {
+                let connecting = ex.upstream_key.is_some_and(
+                    |k| matches!(self.slab.get(k), Some(Entry::Upstream(u)) if u.connecting),
+                );
+                if ex.tunnel || ex.resp_started || ex.resp_body.is_some() {
+                    Step::Close
+                } else if connecting {
+                    self.upstream_failed(ck, &mut ex, UpstreamFailure::ConnectTimeout)
+                } else if ex.upstream_key.is_some() {
+                    self.upstream_failed(ck, &mut ex, UpstreamFailure::Timeout)
+                } else {
+                    Step::Close
+                }
+            }
+        };
+        if step == Step::Close {
+            self.close_client(ck, Some(ex));
+            return;
+        }
+        match self.pump(ck, &mut ex) {
+            Flow::Keep => self.park(ck, ex),
+            Flow::Close => self.close_client(ck, Some(ex)),
+        }
+    }
+}
