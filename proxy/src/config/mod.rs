@@ -1,10 +1,29 @@
-//! Configuration: the YAML file (the seed's shape), validated into `Config`.
-//! STUB: the real implementation is being written; signatures are fixed.
+//! Configuration: the YAML file (the seed's shape) is read into `RawConfig`
+//! (what the user wrote), validated into `Config` (every default resolved),
+//! and `Router` picks a route per request. `docs/configuration.md` lists
+//! every field; errors name the file, the line and the field.
+
+mod locate;
+mod raw;
+mod router;
+mod units;
+mod validate;
+
+#[cfg(test)]
+mod tests;
 
 use indexmap::IndexMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
+
+pub use raw::{
+    RawAdmin, RawBackend, RawConfig, RawMatch, RawRoute, RawServer, RawUpstream, Size, Workers,
+};
+pub use router::Router;
+pub use units::{format_duration, parse_duration};
+pub use validate::validate;
 
 /// Validated configuration. Every field is resolved (defaults applied,
 /// addresses parsed, `auto` turned into a number).
@@ -66,7 +85,7 @@ pub struct BackendConfig {
     pub weight: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Algorithm {
     RoundRobin,
     Weight,
@@ -97,26 +116,233 @@ pub struct ConfigError {
     pub message: String,
 }
 
-impl Config {
-    pub fn from_file(_path: &Path) -> Result<Config, ConfigError> {
-        todo!()
+impl Algorithm {
+    /// Every balancer with its config name, in the order error messages list them.
+    pub const ALL: [(Algorithm, &'static str); 5] = [
+        (Algorithm::RoundRobin, "round_robin"),
+        (Algorithm::Weight, "weight"),
+        (Algorithm::LeastConn, "least_conn"),
+        (Algorithm::IpHash, "ip_hash"),
+        (Algorithm::P2c, "p2c"),
+    ];
+
+    /// The config name (`round_robin`, `weight`, ...).
+    pub fn name(self) -> &'static str {
+        Algorithm::ALL
+            .iter()
+            .find(|(a, _)| *a == self)
+            .map(|(_, n)| *n)
+            .unwrap_or("round_robin")
     }
-    pub fn from_yaml_str(_text: &str, _origin: &str) -> Result<Config, ConfigError> {
-        todo!()
+
+    pub fn from_name(name: &str) -> Option<Algorithm> {
+        Algorithm::ALL
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(a, _)| *a)
     }
 }
 
-/// Picks the route for a request: routes with a host and path prefix are
-/// tried most specific first; `default` is the catch-all.
-#[derive(Debug, Clone)]
-pub struct Router {}
-
-impl Router {
-    pub fn new(_config: &Config) -> Router {
-        todo!()
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.name())
     }
-    /// Index into `config.routing` for this request, or `None` (404).
-    pub fn route(&self, _host: &[u8], _path: &[u8]) -> Option<usize> {
-        todo!()
+}
+
+impl fmt::Display for ConfigError {
+    /// `FILE:LINE: FIELD: message`; the line and the field are left out when
+    /// unknown (a JSON patch has no lines, a syntax error no field).
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(&self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.field.is_empty() {
+            write!(f, ": {}", self.field)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: origin.clone(),
+            line: None,
+            field: String::new(),
+            message: format!("cannot read the configuration file: {e}"),
+        })?;
+        Config::from_yaml_str(&text, &origin)
+    }
+
+    /// Parses and validates YAML text; `origin` names it in errors (usually
+    /// the file name).
+    pub fn from_yaml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let raw = RawConfig::from_yaml_str(text, origin)?;
+        validate(raw, origin, Some(text))
+    }
+
+    /// The configuration with every default written out, e.g. for
+    /// `GET /api/v1/config`. `workers: auto` comes back as the resolved
+    /// count; keep the `RawConfig` the file gave to show `auto`.
+    pub fn to_raw(&self) -> RawConfig {
+        let s = &self.server;
+        let server = RawServer {
+            listen: s.listen.to_string(),
+            workers: Some(Workers::Count(s.workers as u64)),
+            processes: Some(s.processes as u32),
+            max_conn: Some(s.max_conn as u64),
+            read_timeout: Some(format_duration(s.read_timeout)),
+            write_timeout: Some(format_duration(s.write_timeout)),
+            idle_timeout: Some(format_duration(s.idle_timeout)),
+            header_timeout: Some(format_duration(s.header_timeout)),
+            graceful_timeout: Some(format_duration(s.graceful_timeout)),
+            max_header_size: Some(Size::Text(units::format_size(s.max_header_size as u64))),
+        };
+        let admin = RawAdmin {
+            listen: Some(self.admin.listen.to_string()),
+            token: self.admin.token.clone(),
+        };
+        let upstreams = self
+            .upstreams
+            .iter()
+            .map(|(name, u)| {
+                let raw = RawUpstream {
+                    backends: u
+                        .backends
+                        .iter()
+                        .map(|b| RawBackend {
+                            addr: b.addr.to_string(),
+                            weight: Some(b.weight),
+                        })
+                        .collect(),
+                    keepalive: Some(u.keepalive as u32),
+                    keepalive_timeout: Some(format_duration(u.keepalive_timeout)),
+                    connect_timeout: Some(format_duration(u.connect_timeout)),
+                    read_timeout: Some(format_duration(u.read_timeout)),
+                    write_timeout: Some(format_duration(u.write_timeout)),
+                    max_fails: Some(u.max_fails),
+                    fail_timeout: Some(format_duration(u.fail_timeout)),
+                    retries: Some(u.retries),
+                };
+                (name.clone(), raw)
+            })
+            .collect();
+        let routing = self
+            .routing
+            .iter()
+            .map(|(name, r)| {
+                let m = &r.matcher;
+                let matcher = (m.host.is_some() || m.path_prefix.is_some()).then(|| RawMatch {
+                    host: m.host.clone(),
+                    path_prefix: m.path_prefix.clone(),
+                });
+                let raw = RawRoute {
+                    upstream: r.upstream.clone(),
+                    load_balancer: Some(r.load_balancer.name().to_string()),
+                    matcher,
+                };
+                (name.clone(), raw)
+            })
+            .collect();
+        RawConfig {
+            server,
+            admin: Some(admin),
+            upstreams,
+            routing,
+        }
+    }
+}
+
+impl RawConfig {
+    /// Parses YAML text into the raw model: syntax, unknown fields, wrong
+    /// types and duplicate keys are reported here with their line.
+    pub fn from_yaml_str(text: &str, origin: &str) -> Result<RawConfig, ConfigError> {
+        let (locator, duplicate) = locate::Locator::new(text);
+        if let Some(dup) = duplicate {
+            return Err(ConfigError {
+                file: origin.to_string(),
+                line: Some(dup.line),
+                field: dup.path,
+                message: "duplicate key; each key may appear once (the second would silently win)"
+                    .into(),
+            });
+        }
+        if text.trim().is_empty() {
+            return Err(ConfigError {
+                file: origin.to_string(),
+                line: None,
+                field: String::new(),
+                message:
+                    "the configuration is empty; it needs at least server, upstreams and routing"
+                        .into(),
+            });
+        }
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            serde_error(
+                origin,
+                &path,
+                inner.location().map(|l| l.line()),
+                &inner.to_string(),
+                &locator,
+            )
+        })
+    }
+}
+
+/// Turns a serde error into `ConfigError`: the field from the path, the line
+/// from the parser (or the locator), and the message without the path and
+/// position that serde_yaml_ng writes into its text.
+fn serde_error(
+    origin: &str,
+    path: &str,
+    line: Option<usize>,
+    text: &str,
+    locator: &locate::Locator,
+) -> ConfigError {
+    let mut field = match path {
+        "." | "?" => String::new(),
+        p => p.to_string(),
+    };
+    let mut message = text;
+    // serde_yaml_ng prefixes the path of the mapping it was in, e.g.
+    // "upstreams.api.backends[1]: unknown field `wieght`".
+    if let Some((head, rest)) = message.split_once(": ") {
+        if !head.is_empty() && !head.contains(' ') && field.starts_with(head) {
+            message = rest;
+        }
+    }
+    let mut message = message.to_string();
+    if let Some(at) = message.rfind(" at line ") {
+        let tail = &message[at + " at line ".len()..];
+        let digits_end = tail
+            .find(|c: char| !(c.is_ascii_digit() || c == ' ' || c.is_ascii_alphabetic()))
+            .unwrap_or(tail.len());
+        if tail.contains("column") {
+            message = format!("{}{}", &message[..at], &tail[digits_end..]);
+        }
+    }
+    if let Some(name) = message
+        .strip_prefix("missing field `")
+        .and_then(|r| r.strip_suffix('`'))
+    {
+        field = if field.is_empty() {
+            name.to_string()
+        } else {
+            format!("{field}.{name}")
+        };
+    }
+    let line = line.or_else(|| locator.line_of(&field));
+    ConfigError {
+        file: origin.to_string(),
+        line,
+        field,
+        message,
     }
 }

@@ -1,9 +1,16 @@
-//! Backend state per event loop and passive health checks.
-//! STUB: the real implementation is being written; signatures are fixed.
+//! Backend state per event loop and passive health checks. Each loop keeps
+//! its own copy (no sharing on the request path): requests in flight, the
+//! counters the admin API shows, the peak-EWMA latency p2c balances on, and
+//! the failure window that takes a backend out of rotation for a while.
 
 use crate::config::UpstreamConfig;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+/// Time constant of the latency EWMA: a sample's weight halves in about
+/// 7 s (τ·ln 2), so the average follows a backend that got slower within
+/// seconds without jumping on one slow response.
+pub const EWMA_DECAY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct BackendState {
@@ -15,34 +22,305 @@ pub struct BackendState {
     pub failures: u64,
     /// Peak-EWMA of response latency, nanoseconds (0 = no sample yet).
     pub ewma_ns: f64,
-    // private: failure window and down_until
+    /// When `ewma_ns` was last updated.
+    ewma_at: Option<Instant>,
+    /// Failures counted in the current window, which opened at `window_start`.
+    window_fails: u32,
+    window_start: Option<Instant>,
+    /// Marked down until then (skipped by every balancer).
+    down_until: Option<Instant>,
+    /// Set when the backend went down; cleared by the first success after it
+    /// came back. While set, one failure takes the backend down again: a
+    /// backend that is still broken gets one request per fail_timeout, not
+    /// max_fails of them.
+    probing: bool,
+}
+
+/// Whether a backend is in rotation, as the admin API reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Up,
+    /// Back in rotation after being down; the next failure takes it down again.
+    Probing,
+    Down,
 }
 
 #[derive(Debug, Clone)]
 pub struct UpstreamState {
     pub backends: Vec<BackendState>,
+    max_fails: u32,
+    fail_timeout: Duration,
+}
+
+impl BackendState {
+    pub fn new(addr: SocketAddr, weight: u32) -> BackendState {
+        BackendState {
+            addr,
+            weight,
+            active: 0,
+            requests: 0,
+            failures: 0,
+            ewma_ns: 0.0,
+            ewma_at: None,
+            window_fails: 0,
+            window_start: None,
+            down_until: None,
+            probing: false,
+        }
+    }
+
+    pub fn health(&self, now: Instant) -> Health {
+        match self.down_until {
+            Some(t) if now < t => Health::Down,
+            _ if self.probing => Health::Probing,
+            _ => Health::Up,
+        }
+    }
+
+    /// The latency estimate as of `now`: the peak EWMA decayed for the time
+    /// since its last sample, so a backend that was slow once and then got
+    /// no traffic (p2c avoided it) is tried again after a while.
+    pub fn latency_ns(&self, now: Instant) -> f64 {
+        match self.ewma_at {
+            None => 0.0,
+            Some(at) => self.ewma_ns * decay(now.saturating_duration_since(at)),
+        }
+    }
+
+    fn observe_latency(&mut self, latency: Duration, now: Instant) {
+        let sample = latency.as_nanos() as f64;
+        self.ewma_ns = match self.ewma_at {
+            // Peak: a sample above the average replaces it at once, so a
+            // backend that slows down is avoided before the average catches up.
+            Some(_) if sample > self.ewma_ns => sample,
+            Some(at) => {
+                let w = decay(now.saturating_duration_since(at));
+                self.ewma_ns * w + sample * (1.0 - w)
+            }
+            None => sample,
+        };
+        self.ewma_at = Some(now);
+    }
+}
+
+/// The weight left to an old average after `elapsed`: e^(−elapsed/τ).
+fn decay(elapsed: Duration) -> f64 {
+    (-elapsed.as_secs_f64() / EWMA_DECAY.as_secs_f64()).exp()
 }
 
 impl UpstreamState {
-    pub fn from_config(_cfg: &UpstreamConfig) -> UpstreamState {
-        todo!()
+    pub fn from_config(cfg: &UpstreamConfig) -> UpstreamState {
+        UpstreamState {
+            backends: cfg
+                .backends
+                .iter()
+                .map(|b| BackendState::new(b.addr, b.weight))
+                .collect(),
+            max_fails: cfg.max_fails,
+            fail_timeout: cfg.fail_timeout,
+        }
     }
+
     /// False while the backend is marked down by passive health checks.
-    pub fn is_available(&self, _idx: usize, _now: Instant) -> bool {
-        todo!()
+    pub fn is_available(&self, idx: usize, now: Instant) -> bool {
+        self.backends[idx].down_until.is_none_or(|t| now >= t)
     }
-    pub fn request_started(&mut self, _idx: usize) {
-        todo!()
+
+    pub fn request_started(&mut self, idx: usize) {
+        let b = &mut self.backends[idx];
+        b.active += 1;
+        b.requests += 1;
     }
-    pub fn request_finished(&mut self, _idx: usize) {
-        todo!()
+
+    pub fn request_finished(&mut self, idx: usize) {
+        let b = &mut self.backends[idx];
+        b.active = b.active.saturating_sub(1);
     }
+
     /// A response head arrived after `latency`: updates the peak EWMA.
-    pub fn record_success(&mut self, _idx: usize, _latency: Duration, _now: Instant) {
-        todo!()
+    pub fn record_success(&mut self, idx: usize, latency: Duration, now: Instant) {
+        let b = &mut self.backends[idx];
+        b.observe_latency(latency, now);
+        // A success from a request sent before the backend went down says
+        // little; only a success after it came back ends the probation.
+        if b.down_until.is_none_or(|t| now >= t) {
+            b.probing = false;
+        }
     }
+
     /// Connect refused/timed out, reset or garbage: counts toward max_fails.
-    pub fn record_failure(&mut self, _idx: usize, _now: Instant) {
-        todo!()
+    /// `max_fails: 0` turns passive health off (failures are still counted).
+    pub fn record_failure(&mut self, idx: usize, now: Instant) {
+        let (max_fails, fail_timeout) = (self.max_fails, self.fail_timeout);
+        let b = &mut self.backends[idx];
+        b.failures += 1;
+        if max_fails == 0 {
+            return;
+        }
+        if b.down_until.is_some_and(|t| now < t) {
+            // Already down: late failures of requests sent before do not
+            // extend the penalty.
+            return;
+        }
+        let window_open = b
+            .window_start
+            .is_some_and(|start| now.saturating_duration_since(start) < fail_timeout);
+        if !window_open {
+            b.window_start = Some(now);
+            b.window_fails = 0;
+        }
+        b.window_fails += 1;
+        if b.probing || b.window_fails >= max_fails {
+            b.down_until = Some(now + fail_timeout);
+            b.probing = true;
+            b.window_fails = 0;
+            b.window_start = None;
+        }
+    }
+
+    /// Failures counted toward max_fails so far in the current window.
+    pub fn window_failures(&self, idx: usize, now: Instant) -> u32 {
+        let b = &self.backends[idx];
+        match b.window_start {
+            Some(start) if now.saturating_duration_since(start) < self.fail_timeout => {
+                b.window_fails
+            }
+            _ => 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BackendConfig;
+
+    fn upstream(n: usize, max_fails: u32, fail_timeout: Duration) -> UpstreamState {
+        let cfg = UpstreamConfig {
+            backends: (0..n)
+                .map(|i| BackendConfig {
+                    addr: SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)),
+                    weight: 1,
+                })
+                .collect(),
+            keepalive: 64,
+            keepalive_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
+            max_fails,
+            fail_timeout,
+            retries: 2,
+        };
+        UpstreamState::from_config(&cfg)
+    }
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn max_fails_within_the_window_marks_down_for_fail_timeout() {
+        let t0 = Instant::now();
+        let mut u = upstream(2, 3, 10 * S);
+        u.record_failure(0, t0);
+        u.record_failure(0, t0 + S);
+        assert!(u.is_available(0, t0 + S));
+        assert_eq!(u.window_failures(0, t0 + S), 2);
+        u.record_failure(0, t0 + 2 * S);
+        assert!(!u.is_available(0, t0 + 2 * S));
+        assert!(!u.is_available(0, t0 + 11 * S));
+        assert_eq!(u.backends[0].health(t0 + 5 * S), Health::Down);
+        assert!(u.is_available(0, t0 + 12 * S), "back after fail_timeout");
+        assert!(
+            u.is_available(1, t0 + 2 * S),
+            "the other backend is untouched"
+        );
+        assert_eq!(u.backends[0].failures, 3);
+    }
+
+    #[test]
+    fn failures_spread_wider_than_the_window_do_not_mark_down() {
+        let t0 = Instant::now();
+        let mut u = upstream(1, 2, 10 * S);
+        u.record_failure(0, t0);
+        u.record_failure(0, t0 + 11 * S); // the first one has aged out
+        assert!(u.is_available(0, t0 + 11 * S));
+        u.record_failure(0, t0 + 12 * S);
+        assert!(!u.is_available(0, t0 + 12 * S));
+    }
+
+    #[test]
+    fn a_recovered_backend_that_fails_again_goes_down_at_once() {
+        let t0 = Instant::now();
+        let mut u = upstream(1, 3, 10 * S);
+        for i in 0..3 {
+            u.record_failure(0, t0 + i * S / 10);
+        }
+        let back = t0 + 11 * S;
+        assert_eq!(u.backends[0].health(back), Health::Probing);
+        u.record_failure(0, back);
+        assert!(!u.is_available(0, back), "one failure while probing");
+        // It comes back, answers, and then needs max_fails again.
+        let later = back + 11 * S;
+        u.record_success(0, Duration::from_millis(1), later);
+        assert_eq!(u.backends[0].health(later), Health::Up);
+        u.record_failure(0, later);
+        u.record_failure(0, later);
+        assert!(u.is_available(0, later));
+    }
+
+    #[test]
+    fn failures_while_down_do_not_extend_it() {
+        let t0 = Instant::now();
+        let mut u = upstream(1, 1, 10 * S);
+        u.record_failure(0, t0);
+        u.record_failure(0, t0 + 9 * S);
+        assert!(u.is_available(0, t0 + 10 * S));
+        assert_eq!(u.backends[0].failures, 2);
+    }
+
+    #[test]
+    fn max_fails_zero_never_marks_down() {
+        let t0 = Instant::now();
+        let mut u = upstream(1, 0, 10 * S);
+        for _ in 0..100 {
+            u.record_failure(0, t0);
+        }
+        assert!(u.is_available(0, t0));
+        assert_eq!(u.backends[0].failures, 100);
+    }
+
+    #[test]
+    fn counts_active_and_requests() {
+        let mut u = upstream(1, 1, 10 * S);
+        u.request_started(0);
+        u.request_started(0);
+        assert_eq!(u.backends[0].active, 2);
+        u.request_finished(0);
+        u.request_finished(0);
+        u.request_finished(0); // never below zero
+        assert_eq!(u.backends[0].active, 0);
+        assert_eq!(u.backends[0].requests, 2);
+    }
+
+    #[test]
+    fn peak_ewma_jumps_up_and_decays_down() {
+        let t0 = Instant::now();
+        let mut u = upstream(1, 1, 10 * S);
+        let ms = |n: u64| Duration::from_millis(n);
+        u.record_success(0, ms(10), t0);
+        assert_eq!(u.backends[0].ewma_ns, 10e6);
+        u.record_success(0, ms(50), t0 + S);
+        assert_eq!(u.backends[0].ewma_ns, 50e6, "a peak replaces the average");
+        // A fast sample 10 s (one τ) later: weight e^-1 on the old average.
+        u.record_success(0, ms(10), t0 + 11 * S);
+        let want = 50e6 * (-1f64).exp() + 10e6 * (1.0 - (-1f64).exp());
+        assert!((u.backends[0].ewma_ns - want).abs() < 1.0);
+        // Samples close together barely move it.
+        let before = u.backends[0].ewma_ns;
+        u.record_success(0, ms(1), t0 + 11 * S + ms(1));
+        assert!(before - u.backends[0].ewma_ns < 0.001 * before);
+        // Without samples the estimate fades, so the backend is tried again.
+        let b = &u.backends[0];
+        assert!(b.latency_ns(t0 + 100 * S) < b.ewma_ns / 1000.0);
     }
 }

@@ -1,0 +1,283 @@
+//! Whole-file tests: defaults, round trips, and a table of bad files where
+//! each error must name the file, the line and the field.
+
+use super::*;
+
+const GOOD: &str = "\
+server:
+  listen: \"0.0.0.0:8080\"
+  workers: 2
+  max_conn: 1000
+  read_timeout: 30s
+upstreams:
+  api:
+    backends:
+      - { addr: \"127.0.0.1:9000\", weight: 5 }
+      - { addr: \"127.0.0.1:9001\" }
+routing:
+  default:
+    upstream: api
+    load_balancer: weight
+";
+
+/// Replaces the `n`-th line (1-based) of GOOD, or inserts after it.
+fn edit(line: usize, replace: bool, text: &str) -> String {
+    let mut lines: Vec<&str> = GOOD.lines().collect();
+    if replace {
+        lines[line - 1] = text;
+    } else {
+        lines.insert(line, text);
+    }
+    lines.join("\n") + "\n"
+}
+
+#[test]
+fn good_file_gets_defaults() {
+    let c = Config::from_yaml_str(GOOD, "proxy.yaml").unwrap();
+    let s = &c.server;
+    assert_eq!(s.listen, "0.0.0.0:8080".parse().unwrap());
+    assert_eq!(s.workers, 2);
+    assert_eq!(s.processes, 1);
+    assert_eq!(s.max_conn, 1000);
+    assert_eq!(s.read_timeout, Duration::from_secs(30));
+    assert_eq!(s.write_timeout, Duration::from_secs(30));
+    assert_eq!(s.idle_timeout, Duration::from_secs(60));
+    assert_eq!(s.header_timeout, Duration::from_secs(10));
+    assert_eq!(s.graceful_timeout, Duration::from_secs(30));
+    assert_eq!(s.max_header_size, 16 * 1024);
+    assert_eq!(c.admin.listen, "127.0.0.1:9091".parse().unwrap());
+    assert_eq!(c.admin.token, None);
+    let u = &c.upstreams["api"];
+    assert_eq!(
+        u.backends,
+        vec![
+            BackendConfig {
+                addr: "127.0.0.1:9000".parse().unwrap(),
+                weight: 5
+            },
+            BackendConfig {
+                addr: "127.0.0.1:9001".parse().unwrap(),
+                weight: 1
+            },
+        ]
+    );
+    assert_eq!(u.keepalive, 64);
+    assert_eq!(u.keepalive_timeout, Duration::from_secs(60));
+    assert_eq!(u.connect_timeout, Duration::from_secs(5));
+    assert_eq!(u.read_timeout, s.read_timeout);
+    assert_eq!(u.write_timeout, s.write_timeout);
+    assert_eq!(u.max_fails, 1);
+    assert_eq!(u.fail_timeout, Duration::from_secs(10));
+    assert_eq!(u.retries, 2);
+    let r = &c.routing["default"];
+    assert_eq!(r.upstream, "api");
+    assert_eq!(r.load_balancer, Algorithm::Weight);
+    assert!(r.matcher.host.is_none() && r.matcher.path_prefix.is_none());
+}
+
+#[test]
+fn upstream_timeouts_default_to_the_server_ones() {
+    let text = GOOD.replace(
+        "  read_timeout: 30s\n",
+        "  read_timeout: 7s\n  write_timeout: 3s\n",
+    );
+    let c = Config::from_yaml_str(&text, "proxy.yaml").unwrap();
+    assert_eq!(c.upstreams["api"].read_timeout, Duration::from_secs(7));
+    assert_eq!(c.upstreams["api"].write_timeout, Duration::from_secs(3));
+}
+
+#[test]
+fn workers_auto_is_the_core_count() {
+    let text = GOOD.replace("workers: 2", "workers: auto");
+    let c = Config::from_yaml_str(&text, "proxy.yaml").unwrap();
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(c.server.workers, cores);
+}
+
+#[test]
+fn every_field_is_accepted() {
+    let text = "\
+server:
+  listen: \"[::1]:8080\"
+  workers: auto
+  processes: 2
+  max_conn: 20000
+  read_timeout: 1m
+  write_timeout: 500ms
+  idle_timeout: 75s
+  header_timeout: 5s
+  graceful_timeout: 0s
+  max_header_size: 32KiB
+admin:
+  listen: \"0.0.0.0:9091\"
+  token: s3cret
+upstreams:
+  api:
+    backends:
+      - addr: localhost:9000
+        weight: 3
+    keepalive: 0
+    keepalive_timeout: 2m
+    connect_timeout: 250ms
+    read_timeout: 10s
+    write_timeout: 10s
+    max_fails: 0
+    fail_timeout: 30s
+    retries: 0
+routing:
+  api:
+    upstream: api
+    load_balancer: p2c
+    match: { host: \"*.Example.com\", path_prefix: /api }
+";
+    let c = Config::from_yaml_str(text, "full.yaml").unwrap();
+    assert_eq!(c.server.max_header_size, 32 * 1024);
+    assert_eq!(c.server.graceful_timeout, Duration::ZERO);
+    assert_eq!(c.admin.token.as_deref(), Some("s3cret"));
+    assert_eq!(
+        c.upstreams["api"].backends[0].addr,
+        "127.0.0.1:9000".parse().unwrap()
+    );
+    assert_eq!(
+        c.routing["api"].matcher.host.as_deref(),
+        Some("*.example.com")
+    );
+    assert!(!c.routing.contains_key("default"));
+}
+
+#[test]
+fn to_raw_round_trips_through_json_shape() {
+    let c = Config::from_yaml_str(GOOD, "proxy.yaml").unwrap();
+    let raw = c.to_raw();
+    // What the admin API will do: serialize, parse back, validate.
+    let yaml = serde_yaml_ng::to_string(&raw).unwrap();
+    let again = Config::from_yaml_str(&yaml, "again.yaml").unwrap();
+    assert_eq!(again.to_raw(), raw);
+    assert_eq!(raw.upstreams["api"].read_timeout.as_deref(), Some("30s"));
+}
+
+#[test]
+fn raw_keeps_what_was_written() {
+    let raw = RawConfig::from_yaml_str(GOOD, "proxy.yaml").unwrap();
+    assert_eq!(raw.server.workers, Some(Workers::Count(2)));
+    assert_eq!(raw.server.idle_timeout, None);
+    let text = serde_yaml_ng::to_string(&raw).unwrap();
+    assert!(!text.contains("idle_timeout"), "{text}");
+    let back: RawConfig = serde_yaml_ng::from_str(&text).unwrap();
+    assert_eq!(back, raw);
+}
+
+#[test]
+fn validate_without_source_has_no_line() {
+    let mut raw = RawConfig::from_yaml_str(GOOD, "proxy.yaml").unwrap();
+    raw.routing["default"].load_balancer = Some("wieght".into());
+    let e = validate(raw, "PUT /api/v1/config", None).unwrap_err();
+    assert_eq!(e.line, None);
+    assert_eq!(
+        e.to_string(),
+        "PUT /api/v1/config: routing.default.load_balancer: unknown balancer \"wieght\"; \
+         expected one of round_robin, weight, least_conn, ip_hash, p2c"
+    );
+}
+
+#[test]
+fn the_issue_example_message() {
+    let text = GOOD.replace("load_balancer: weight", "load_balancer: wieght");
+    let e = Config::from_yaml_str(&text, "proxy.yaml").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "proxy.yaml:14: routing.default.load_balancer: unknown balancer \"wieght\"; \
+         expected one of round_robin, weight, least_conn, ip_hash, p2c"
+    );
+}
+
+#[test]
+fn from_file_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.yaml");
+    std::fs::write(&path, GOOD.replace("weight: 5", "weight: 0")).unwrap();
+    let e = Config::from_file(&path).unwrap_err();
+    assert_eq!(e.file, path.display().to_string());
+    assert_eq!(e.line, Some(9));
+    let missing = Config::from_file(&dir.path().join("nope.yaml")).unwrap_err();
+    assert!(missing.to_string().contains("nope.yaml"), "{missing}");
+    assert!(missing.message.contains("cannot read"), "{missing}");
+}
+
+/// (file text, line, field, words the message must contain)
+fn bad_configs() -> Vec<(String, Option<usize>, &'static str, &'static str)> {
+    vec![
+        // serde-level: types, unknown and missing fields, syntax
+        (edit(3, true, "  workers: lots"), Some(3), "server.workers", "invalid workers \"lots\""),
+        (edit(3, true, "  workers: 0"), Some(3), "server.workers", "0 workers"),
+        (edit(4, true, "  max_conn: -5"), Some(4), "server.max_conn", "invalid"),
+        (edit(4, true, "  max_conn: 0"), Some(4), "server.max_conn", "max_conn 0"),
+        (edit(5, false, "  tiemout: 3s"), Some(6), "server.tiemout", "unknown field `tiemout`"),
+        (edit(1, true, "srever:"), Some(1), "srever", "unknown field `srever`"),
+        (edit(9, true, "      - { addr: \"127.0.0.1:9000\", wieght: 5 }"), Some(9), "upstreams.api.backends[0].wieght", "unknown field `wieght`"),
+        (edit(10, true, "      - { weight: 2 }"), Some(10), "upstreams.api.backends[1].addr", "missing field `addr`"),
+        (edit(12, false, "    color: red"), Some(13), "routing.default.color", "unknown field `color`"),
+        (edit(14, false, "    match: { hots: a.com }"), Some(15), "routing.default.match.hots", "unknown field `hots`"),
+        (edit(3, true, " workers: 2"), Some(3), "", "while parsing"),
+        (edit(9, true, "      - { addr: \"127.0.0.1:9000\", weight: heavy }"), Some(9), "upstreams.api.backends[0].weight", "invalid type"),
+        (GOOD.replace("upstreams:", "upstreamz:"), Some(6), "upstreamz", "unknown field"),
+        (edit(6, false, "  api:\n    backends: [ { addr: \"127.0.0.1:1\" } ]"), Some(9), "upstreams.api", "duplicate key"),
+        (edit(12, false, "    upstream: api"), Some(14), "routing.default.upstream", "duplicate key"),
+        // semantic: addresses
+        (edit(2, true, "  listen: \"0.0.0.0\""), Some(2), "server.listen", "invalid address \"0.0.0.0\""),
+        (edit(2, true, "  listen: example.com:80"), Some(2), "server.listen", "not resolved"),
+        (edit(10, true, "      - { addr: \"127.0.0.1:99999\" }"), Some(10), "upstreams.api.backends[1].addr", "invalid address"),
+        (edit(10, true, "      - { addr: \"127.0.0.1:9000\" }"), Some(10), "upstreams.api.backends[1].addr", "duplicate backend 127.0.0.1:9000"),
+        // semantic: weights, backends, names
+        (GOOD.replace("weight: 5", "weight: 0"), Some(9), "upstreams.api.backends[0].weight", "weight 0"),
+        (GOOD.replace("weight: 5", "weight: 1000000"), Some(9), "upstreams.api.backends[0].weight", "above"),
+        (GOOD.replace("    backends:\n      - { addr: \"127.0.0.1:9000\", weight: 5 }\n      - { addr: \"127.0.0.1:9001\" }\n", "    backends: []\n"), Some(8), "upstreams.api.backends", "no backend"),
+        (GOOD.replace("  api:\n", "  \"a.b\":\n").replace("upstream: api", "upstream: a.b"), Some(7), "upstreams.a.b", "invalid name"),
+        // semantic: durations and sizes
+        (edit(5, true, "  read_timeout: 30"), Some(5), "server.read_timeout", "no unit"),
+        (edit(5, true, "  read_timeout: 30 sec"), Some(5), "server.read_timeout", "invalid duration"),
+        (edit(5, true, "  read_timeout: 0s"), Some(5), "server.read_timeout", "zero timeout"),
+        (edit(10, false, "    fail_timeout: soon"), Some(11), "upstreams.api.fail_timeout", "invalid duration \"soon\""),
+        (edit(10, false, "    connect_timeout: 5"), Some(11), "upstreams.api.connect_timeout", "no unit"),
+        (edit(5, false, "  max_header_size: 16 parsecs"), Some(6), "server.max_header_size", "invalid size"),
+        (edit(5, false, "  max_header_size: 10"), Some(6), "server.max_header_size", "1KiB to 1MiB"),
+        (edit(10, false, "    retries: 1000"), Some(11), "upstreams.api.retries", "1000 retries"),
+        // semantic: admin
+        (edit(5, false, "admin:\n  listen: \"0.0.0.0:9091\""), Some(7), "admin.listen", "set admin.token"),
+        (edit(5, false, "admin:\n  token: \"\""), Some(7), "admin.token", "empty token"),
+        // semantic: routing
+        (GOOD.replace("upstream: api", "upstream: apx"), Some(13), "routing.default.upstream", "unknown upstream \"apx\"; defined upstreams: api"),
+        (GOOD.replace("load_balancer: weight", "load_balancer: wieght"), Some(14), "routing.default.load_balancer", "expected one of round_robin, weight, least_conn, ip_hash, p2c"),
+        (GOOD.replace("  default:", "  defualt:"), Some(12), "routing.defualt.match", "rename it to default"),
+        (edit(14, false, "    match: { path_prefix: /api }"), Some(15), "routing.default.match", "takes no match"),
+        (edit(14, false, "  api:\n    upstream: api\n    match:\n      path_prefix: api"), Some(18), "routing.api.match.path_prefix", "must start with /"),
+        (edit(14, false, "  api:\n    upstream: api\n    match:\n      host: a.com:80"), Some(18), "routing.api.match.host", "remove the :PORT"),
+        (edit(14, false, "  api:\n    upstream: api\n    match:\n      host: a.*.com"), Some(18), "routing.api.match.host", "leading *."),
+        (edit(14, false, "  a1: { upstream: api, match: { host: a.com } }\n  a2: { upstream: api, match: { host: A.com } }"), Some(16), "routing.a2.match", "same match as route \"a1\""),
+        (GOOD.replace("routing:\n  default:\n    upstream: api\n    load_balancer: weight\n", "routing: {}\n"), Some(11), "routing", "no route"),
+        (GOOD.replace("routing:\n  default:\n    upstream: api\n    load_balancer: weight\n", ""), Some(1), "routing", "missing field `routing`"),
+        ("".to_string(), None, "", "empty"),
+    ]
+}
+
+#[test]
+fn every_bad_config_names_file_line_and_field() {
+    for (i, (text, line, field, words)) in bad_configs().into_iter().enumerate() {
+        let e = match Config::from_yaml_str(&text, "proxy.yaml") {
+            Ok(_) => panic!("case {i} ({field}) was accepted:\n{text}"),
+            Err(e) => e,
+        };
+        let shown = e.to_string();
+        assert_eq!(e.file, "proxy.yaml", "case {i}: {shown}");
+        assert_eq!(e.field, field, "case {i}: {shown}\n{text}");
+        assert_eq!(e.line, line, "case {i}: {shown}\n{text}");
+        assert!(e.message.contains(words), "case {i}: {shown}");
+        // The message is clean: no position or path repeated by the parser.
+        assert!(!e.message.contains("at line"), "case {i}: {shown}");
+        let prefix = match line {
+            Some(l) => format!("proxy.yaml:{l}: "),
+            None => "proxy.yaml: ".to_string(),
+        };
+        assert!(shown.starts_with(&prefix), "case {i}: {shown}");
+    }
+}

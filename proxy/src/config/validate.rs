@@ -1,0 +1,500 @@
+//! Validation: `RawConfig` (what was written) into `Config` (what runs),
+//! resolving defaults and refusing anything the data plane would trip on
+//! later. Each error names the field by its dotted path and, when the YAML
+//! source is at hand, its line.
+
+use super::locate::Locator;
+use super::raw::{RawConfig, Size, Workers};
+use super::units::{parse_duration, parse_size};
+use super::{
+    AdminConfig, Algorithm, BackendConfig, Config, ConfigError, RouteConfig, RouteMatch,
+    ServerConfig, UpstreamConfig,
+};
+use indexmap::IndexMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+pub const DEFAULT_WORKERS: Workers = Workers::Auto;
+pub const DEFAULT_PROCESSES: u32 = 1;
+pub const DEFAULT_MAX_CONN: u64 = 10_000;
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_GRACEFUL_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_HEADER_SIZE: u64 = 16 * 1024;
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), 9091);
+pub const DEFAULT_WEIGHT: u32 = 1;
+pub const DEFAULT_KEEPALIVE: u32 = 64;
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_MAX_FAILS: u32 = 1;
+pub const DEFAULT_FAIL_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_RETRIES: u32 = 2;
+pub const DEFAULT_BALANCER: Algorithm = Algorithm::RoundRobin;
+
+/// Bounds that catch typos (an extra zero) rather than limit real use.
+const MAX_WORKERS: u64 = 1024;
+const MAX_PROCESSES: u32 = 256;
+const MAX_WEIGHT: u32 = 10_000;
+const MAX_RETRIES: u32 = 100;
+const MIN_HEADER_SIZE: u64 = 1024;
+const MAX_HEADER_SIZE: u64 = 1024 * 1024;
+
+/// Validates `raw` into a `Config`. `origin` names the source in errors
+/// (a file name, or e.g. "PUT /api/v1/config"); `source_text`, when given,
+/// is the YAML `raw` came from, used to put line numbers on errors.
+pub fn validate(
+    raw: RawConfig,
+    origin: &str,
+    source_text: Option<&str>,
+) -> Result<Config, ConfigError> {
+    let v = Validator {
+        origin,
+        locator: source_text.map(|t| Locator::new(t).0),
+    };
+    v.config(raw)
+}
+
+struct Validator<'a> {
+    origin: &'a str,
+    locator: Option<Locator>,
+}
+
+impl Validator<'_> {
+    fn err(&self, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        let field = field.into();
+        ConfigError {
+            file: self.origin.to_string(),
+            line: self.locator.as_ref().and_then(|l| l.line_of(&field)),
+            field,
+            message: message.into(),
+        }
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let server = self.server(&raw)?;
+        let admin = self.admin(&raw)?;
+        if raw.upstreams.is_empty() {
+            return Err(self.err(
+                "upstreams",
+                "no upstream defined; add one with at least one backend",
+            ));
+        }
+        let mut upstreams = IndexMap::new();
+        for (name, u) in &raw.upstreams {
+            let field = format!("upstreams.{name}");
+            self.name(&field, name)?;
+            upstreams.insert(name.clone(), self.upstream(&field, u, &server)?);
+        }
+        let routing = self.routing(&raw, &upstreams)?;
+        Ok(Config {
+            server,
+            admin,
+            upstreams,
+            routing,
+        })
+    }
+
+    fn server(&self, raw: &RawConfig) -> Result<ServerConfig, ConfigError> {
+        let s = &raw.server;
+        let listen = self.addr("server.listen", &s.listen)?;
+        let workers = match s.workers.unwrap_or(DEFAULT_WORKERS) {
+            Workers::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            Workers::Count(n) if (1..=MAX_WORKERS).contains(&n) => n as usize,
+            Workers::Count(n) => {
+                return Err(self.err(
+                    "server.workers",
+                    format!("{n} workers; write auto or a number from 1 to {MAX_WORKERS}"),
+                ))
+            }
+        };
+        let processes = s.processes.unwrap_or(DEFAULT_PROCESSES);
+        if !(1..=MAX_PROCESSES).contains(&processes) {
+            return Err(self.err(
+                "server.processes",
+                format!("{processes} processes; write a number from 1 to {MAX_PROCESSES}"),
+            ));
+        }
+        let max_conn = s.max_conn.unwrap_or(DEFAULT_MAX_CONN);
+        if max_conn == 0 {
+            return Err(self.err(
+                "server.max_conn",
+                "max_conn 0 would refuse every connection; write a number ≥ 1",
+            ));
+        }
+        let max_header_size = match &s.max_header_size {
+            None => DEFAULT_MAX_HEADER_SIZE,
+            Some(Size::Bytes(n)) => *n,
+            Some(Size::Text(t)) => {
+                parse_size(t).map_err(|m| self.err("server.max_header_size", m))?
+            }
+        };
+        if !(MIN_HEADER_SIZE..=MAX_HEADER_SIZE).contains(&max_header_size) {
+            return Err(self.err(
+                "server.max_header_size",
+                format!("{max_header_size} bytes; write a size from 1KiB to 1MiB"),
+            ));
+        }
+        Ok(ServerConfig {
+            listen,
+            workers,
+            processes: processes as usize,
+            max_conn: max_conn as usize,
+            read_timeout: self.duration(
+                "server.read_timeout",
+                &s.read_timeout,
+                DEFAULT_READ_TIMEOUT,
+            )?,
+            write_timeout: self.duration(
+                "server.write_timeout",
+                &s.write_timeout,
+                DEFAULT_WRITE_TIMEOUT,
+            )?,
+            idle_timeout: self.duration(
+                "server.idle_timeout",
+                &s.idle_timeout,
+                DEFAULT_IDLE_TIMEOUT,
+            )?,
+            header_timeout: self.duration(
+                "server.header_timeout",
+                &s.header_timeout,
+                DEFAULT_HEADER_TIMEOUT,
+            )?,
+            graceful_timeout: self.duration_allow_zero(
+                "server.graceful_timeout",
+                &s.graceful_timeout,
+                DEFAULT_GRACEFUL_TIMEOUT,
+            )?,
+            max_header_size: max_header_size as usize,
+        })
+    }
+
+    fn admin(&self, raw: &RawConfig) -> Result<AdminConfig, ConfigError> {
+        let Some(a) = &raw.admin else {
+            return Ok(AdminConfig {
+                listen: DEFAULT_ADMIN_LISTEN,
+                token: None,
+            });
+        };
+        let listen = match &a.listen {
+            None => DEFAULT_ADMIN_LISTEN,
+            Some(text) => self.addr("admin.listen", text)?,
+        };
+        if let Some(token) = &a.token {
+            if token.trim().is_empty() {
+                return Err(self.err(
+                    "admin.token",
+                    "empty token; remove the field or set a secret string",
+                ));
+            }
+        }
+        if !listen.ip().is_loopback() && a.token.is_none() {
+            return Err(self.err(
+                "admin.listen",
+                format!(
+                    "{listen} is reachable from other hosts and the admin API can change the \
+                     configuration; set admin.token or listen on 127.0.0.1"
+                ),
+            ));
+        }
+        Ok(AdminConfig {
+            listen,
+            token: a.token.clone(),
+        })
+    }
+
+    fn upstream(
+        &self,
+        field: &str,
+        u: &super::raw::RawUpstream,
+        server: &ServerConfig,
+    ) -> Result<UpstreamConfig, ConfigError> {
+        if u.backends.is_empty() {
+            return Err(self.err(
+                format!("{field}.backends"),
+                "no backend; list at least one { addr: \"IP:PORT\" }",
+            ));
+        }
+        let mut backends: Vec<BackendConfig> = Vec::with_capacity(u.backends.len());
+        for (i, b) in u.backends.iter().enumerate() {
+            let bfield = format!("{field}.backends[{i}]");
+            let addr = self.addr(&format!("{bfield}.addr"), &b.addr)?;
+            if let Some(first) = backends.iter().position(|x| x.addr == addr) {
+                return Err(self.err(
+                    format!("{bfield}.addr"),
+                    format!(
+                        "duplicate backend {addr} (also {field}.backends[{first}]); \
+                         list it once and raise its weight instead"
+                    ),
+                ));
+            }
+            let weight = b.weight.unwrap_or(DEFAULT_WEIGHT);
+            if weight == 0 {
+                return Err(self.err(
+                    format!("{bfield}.weight"),
+                    "weight 0 would never receive traffic; remove the backend or use weight ≥ 1",
+                ));
+            }
+            if weight > MAX_WEIGHT {
+                return Err(self.err(
+                    format!("{bfield}.weight"),
+                    format!("weight {weight} is above {MAX_WEIGHT}; weights are relative, scale them down"),
+                ));
+            }
+            backends.push(BackendConfig { addr, weight });
+        }
+        let retries = u.retries.unwrap_or(DEFAULT_RETRIES);
+        if retries > MAX_RETRIES {
+            return Err(self.err(
+                format!("{field}.retries"),
+                format!("{retries} retries; write a number from 0 to {MAX_RETRIES}"),
+            ));
+        }
+        Ok(UpstreamConfig {
+            backends,
+            keepalive: u.keepalive.unwrap_or(DEFAULT_KEEPALIVE) as usize,
+            keepalive_timeout: self.duration(
+                &format!("{field}.keepalive_timeout"),
+                &u.keepalive_timeout,
+                DEFAULT_KEEPALIVE_TIMEOUT,
+            )?,
+            connect_timeout: self.duration(
+                &format!("{field}.connect_timeout"),
+                &u.connect_timeout,
+                DEFAULT_CONNECT_TIMEOUT,
+            )?,
+            read_timeout: self.duration(
+                &format!("{field}.read_timeout"),
+                &u.read_timeout,
+                server.read_timeout,
+            )?,
+            write_timeout: self.duration(
+                &format!("{field}.write_timeout"),
+                &u.write_timeout,
+                server.write_timeout,
+            )?,
+            max_fails: u.max_fails.unwrap_or(DEFAULT_MAX_FAILS),
+            fail_timeout: self.duration(
+                &format!("{field}.fail_timeout"),
+                &u.fail_timeout,
+                DEFAULT_FAIL_TIMEOUT,
+            )?,
+            retries,
+        })
+    }
+
+    fn routing(
+        &self,
+        raw: &RawConfig,
+        upstreams: &IndexMap<String, UpstreamConfig>,
+    ) -> Result<IndexMap<String, RouteConfig>, ConfigError> {
+        if raw.routing.is_empty() {
+            return Err(self.err(
+                "routing",
+                "no route; add routing.default: { upstream: NAME } to send every request somewhere",
+            ));
+        }
+        let mut routing: IndexMap<String, RouteConfig> = IndexMap::new();
+        for (name, r) in &raw.routing {
+            let field = format!("routing.{name}");
+            self.name(&field, name)?;
+            if !upstreams.contains_key(&r.upstream) {
+                let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+                return Err(self.err(
+                    format!("{field}.upstream"),
+                    format!(
+                        "unknown upstream \"{}\"; defined upstreams: {}",
+                        r.upstream,
+                        known.join(", ")
+                    ),
+                ));
+            }
+            let load_balancer = match &r.load_balancer {
+                None => DEFAULT_BALANCER,
+                Some(text) => Algorithm::from_name(text).ok_or_else(|| {
+                    let names: Vec<&str> = Algorithm::ALL.iter().map(|(_, n)| *n).collect();
+                    self.err(
+                        format!("{field}.load_balancer"),
+                        format!(
+                            "unknown balancer \"{text}\"; expected one of {}",
+                            names.join(", ")
+                        ),
+                    )
+                })?,
+            };
+            let matcher = self.matcher(&field, name, r.matcher.as_ref())?;
+            if let Some((other, _)) = routing.iter().find(|(_, o)| {
+                o.matcher.host == matcher.host && o.matcher.path_prefix == matcher.path_prefix
+            }) {
+                return Err(self.err(
+                    format!("{field}.match"),
+                    format!(
+                        "same match as route \"{other}\", which would always win; \
+                         change the host or path_prefix, or merge the routes"
+                    ),
+                ));
+            }
+            routing.insert(
+                name.clone(),
+                RouteConfig {
+                    upstream: r.upstream.clone(),
+                    load_balancer,
+                    matcher,
+                },
+            );
+        }
+        Ok(routing)
+    }
+
+    fn matcher(
+        &self,
+        field: &str,
+        name: &str,
+        m: Option<&super::raw::RawMatch>,
+    ) -> Result<RouteMatch, ConfigError> {
+        let is_default = name == "default";
+        let m = match m {
+            Some(m) if m.host.is_some() || m.path_prefix.is_some() => m,
+            _ if is_default => return Ok(RouteMatch::default()),
+            _ => {
+                return Err(self.err(
+                    format!("{field}.match"),
+                    "route has no match; only the route named default catches every request: \
+                     add match.host or match.path_prefix, or rename it to default",
+                ))
+            }
+        };
+        if is_default {
+            return Err(self.err(
+                format!("{field}.match"),
+                "the default route catches every request and takes no match; \
+                 give the matching route another name",
+            ));
+        }
+        let host = match &m.host {
+            None => None,
+            Some(h) => Some(self.host(&format!("{field}.match.host"), h)?),
+        };
+        if let Some(p) = &m.path_prefix {
+            if !p.starts_with('/') {
+                return Err(self.err(
+                    format!("{field}.match.path_prefix"),
+                    format!("path_prefix \"{p}\" must start with /"),
+                ));
+            }
+            if p.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                return Err(self.err(
+                    format!("{field}.match.path_prefix"),
+                    format!("path_prefix {p:?} contains whitespace or control characters"),
+                ));
+            }
+        }
+        Ok(RouteMatch {
+            host,
+            path_prefix: m.path_prefix.clone(),
+        })
+    }
+
+    /// A host name as matched: lower case, no port, optionally `*.suffix`.
+    fn host(&self, field: &str, text: &str) -> Result<String, ConfigError> {
+        let h = text.trim().trim_end_matches('.').to_ascii_lowercase();
+        let bad = |why: &str| self.err(field, format!("invalid host \"{text}\": {why}"));
+        if h.is_empty() {
+            return Err(bad("empty; remove match.host to match any host"));
+        }
+        if h.starts_with('[') {
+            // An IPv6 literal, as it appears in a Host header.
+            return match h
+                .strip_suffix(']')
+                .map(|inner| inner[1..].parse::<std::net::Ipv6Addr>())
+            {
+                Some(Ok(_)) => Ok(h),
+                _ => Err(bad("write an IPv6 address as [::1], without a port")),
+            };
+        }
+        let name = h.strip_prefix("*.").unwrap_or(&h);
+        if name.contains(':') {
+            return Err(bad(
+                "the host is matched without its port; remove the :PORT",
+            ));
+        }
+        if name.contains('*') {
+            return Err(bad(
+                "only a leading *. wildcard is supported, e.g. *.example.com",
+            ));
+        }
+        if name.is_empty()
+            || name.split('.').any(|label| label.is_empty())
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+        {
+            return Err(bad("expected a name like example.com or *.example.com"));
+        }
+        Ok(h)
+    }
+
+    /// Upstream and route names appear in dotted field paths and metrics:
+    /// keep them to letters, digits, `_` and `-`.
+    fn name(&self, field: &str, name: &str) -> Result<(), ConfigError> {
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(self.err(
+                field,
+                format!("invalid name \"{name}\"; use letters, digits, _ and -"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `IP:PORT`; `localhost` is taken as 127.0.0.1 and nothing else is
+    /// resolved, so validation never waits on DNS.
+    fn addr(&self, field: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+        let t = text.trim();
+        if let Ok(a) = t.parse::<SocketAddr>() {
+            return Ok(a);
+        }
+        if let Some(port) = t.strip_prefix("localhost:") {
+            if let Ok(port) = port.parse::<u16>() {
+                return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+            }
+        }
+        Err(self.err(
+            field,
+            format!(
+                "invalid address \"{text}\"; write IP:PORT such as 127.0.0.1:9000 or [::1]:9000 \
+                 (host names other than localhost are not resolved)"
+            ),
+        ))
+    }
+
+    fn duration(
+        &self,
+        field: &str,
+        text: &Option<String>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let d = self.duration_allow_zero(field, text, default)?;
+        if d.is_zero() {
+            return Err(self.err(field, "a zero timeout would fire at once; write e.g. 30s"));
+        }
+        Ok(d)
+    }
+
+    fn duration_allow_zero(
+        &self,
+        field: &str,
+        text: &Option<String>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match text {
+            None => Ok(default),
+            Some(t) => parse_duration(t).map_err(|m| self.err(field, m)),
+        }
+    }
+}
