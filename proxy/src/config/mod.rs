@@ -4,6 +4,7 @@
 //! every field; errors name the file, the line and the field.
 
 mod locate;
+mod patch;
 mod raw;
 mod router;
 mod units;

@@ -281,3 +281,28 @@ fn every_bad_config_names_file_line_and_field() {
         assert!(shown.starts_with(&prefix), "case {i}: {shown}");
     }
 }
+
+/// The first ```yaml block of docs/configuration.md.
+fn documented_example() -> String {
+    let doc = include_str!("../../../docs/configuration.md");
+    let start = doc.find("```yaml\n").expect("a yaml block") + "```yaml\n".len();
+    let len = doc[start..].find("```").expect("closed block");
+    doc[start..start + len].to_string()
+}
+
+#[test]
+fn the_documented_example_is_valid_and_routes_as_documented() {
+    let c = Config::from_yaml_str(&documented_example(), "configuration.md").unwrap();
+    let r = Router::new(&c);
+    let route = |host: &str, path: &str| {
+        r.route(host.as_bytes(), path.as_bytes())
+            .map(|i| c.routing.get_index(i).unwrap().0.as_str())
+    };
+    assert_eq!(route("www.example.com", "/static/a.css"), Some("assets"));
+    assert_eq!(
+        route("admin.example.com", "/static/logo.png"),
+        Some("admin_site")
+    );
+    assert_eq!(route("www.example.com", "/"), Some("default"));
+    assert_eq!(c.upstreams["app"].backends[2].weight, 1);
+}
