@@ -199,6 +199,16 @@ def main():
             procs[name] = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
             wait_port(port)
 
+        # Idle memory first, on fresh processes: after a burst, freed memory
+        # would be reused and hide the growth.
+        idle = {}
+        if args.idle:
+            for name in names:
+                # HAProxy's maxconn is capped at 9900 by the descriptor limit.
+                count = min(args.idle, 9000) if name == "haproxy" else args.idle
+                idle[name] = idle_rss_per_conn(procs[name].pid, PORTS[name], count)
+                print(f"idle  {name:9} {idle[name]:8.0f} B RSS per idle keep-alive connection "
+                      f"({count} connections)", flush=True)
         results = {}
         for conns in [int(c) for c in args.conns.split(",")]:
             for name in names:  # warm-up: pools filled, caches hot
@@ -216,12 +226,6 @@ def main():
                     row["errors"] += errors
                     print(f"round {r + 1} {name:9} c={conns:<5} {rps:>10.0f} req/s  p99 {p99 / 1000:7.2f} ms  "
                           f"cpu {cpu * 1000 / (reqs / 1000):6.1f} ms/1k req  errors {errors}", flush=True)
-        idle = {}
-        if args.idle:
-            for name in names:
-                idle[name] = idle_rss_per_conn(procs[name].pid, PORTS[name], args.idle)
-                print(f"idle  {name:9} {idle[name]:8.0f} B RSS per idle keep-alive connection "
-                      f"({args.idle} connections)", flush=True)
     finally:
         stop_all()
         shutil.rmtree(work, ignore_errors=True)
