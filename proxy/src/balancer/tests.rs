@@ -330,3 +330,64 @@ fn every_balancer_spreads_over_all_backends() {
         assert!(c.iter().all(|&k| k > 700), "{alg:?}: {c:?}");
     }
 }
+
+/// Counts heap allocations made by the current thread, to check that picks
+/// (which run on the request path) allocate nothing.
+mod alloc_count {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    pub struct Counting;
+
+    thread_local! {
+        static ALLOCS: Cell<usize> = const { Cell::new(0) };
+    }
+
+    // SAFETY: forwards every call to the system allocator unchanged; the
+    // thread-local counter is const-initialized and has no destructor, so
+    // touching it never allocates or re-enters the allocator.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+            // SAFETY: same contract as our caller's.
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: `ptr` came from `System.alloc` above.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+
+    pub fn allocations() -> usize {
+        ALLOCS.with(|c| c.get())
+    }
+}
+
+#[global_allocator]
+static COUNTING: alloc_count::Counting = alloc_count::Counting;
+
+#[test]
+fn picks_do_not_allocate() {
+    for alg in ALL {
+        let mut u = upstream(&[5, 1, 1, 3]);
+        let now = Instant::now();
+        u.record_success(0, Duration::from_millis(2), now);
+        u.record_success(1, Duration::from_millis(1), now);
+        u.record_failure(3, now);
+        let mut b = new_balancer(alg, &u);
+        let exclude = [2];
+        let before = alloc_count::allocations();
+        for i in 0..1000 {
+            let c = PickContext {
+                client_ip: ip(i),
+                exclude: &exclude,
+                now,
+            };
+            let picked = b.pick(&u, &c).unwrap();
+            u.request_started(picked);
+            u.record_success(picked, Duration::from_micros(100 + u64::from(i % 7)), now);
+            u.request_finished(picked);
+        }
+        assert_eq!(alloc_count::allocations(), before, "{alg:?} allocated");
+    }
+}

@@ -307,7 +307,9 @@ fn serde_error(
     text: &str,
     locator: &locate::Locator,
 ) -> ConfigError {
-    let mut field = match path {
+    // serde_path_to_error writes "?" for a position it could not name
+    // (e.g. where a syntax error cut a mapping short).
+    let mut field = match path.trim_end_matches(".?") {
         "." | "?" => String::new(),
         p => p.to_string(),
     };
@@ -340,6 +342,9 @@ fn serde_error(
         };
     }
     let line = line.or_else(|| locator.line_of(&field));
+    if message.contains("cannot start any token") {
+        message.push_str(" (YAML indents with spaces, never tabs)");
+    }
     ConfigError {
         file: origin.to_string(),
         line,

@@ -257,6 +257,7 @@ fn bad_configs() -> Vec<(String, Option<usize>, &'static str, &'static str)> {
         (GOOD.replace("routing:\n  default:\n    upstream: api\n    load_balancer: weight\n", "routing: {}\n"), Some(11), "routing", "no route"),
         (GOOD.replace("routing:\n  default:\n    upstream: api\n    load_balancer: weight\n", ""), Some(1), "routing", "missing field `routing`"),
         ("".to_string(), None, "", "empty"),
+        (edit(3, true, "\tworkers: 2"), Some(3), "server", "never tabs"),
     ]
 }
 
