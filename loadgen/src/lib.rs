@@ -1,9 +1,23 @@
 //! loadgen: an HTTP/1.1 load generator and benchmark backend on mio.
 //! `main.rs` parses the command line; everything it calls lives here.
+//! Data flow: `app` → `session` → `engine` workers (or `shard` processes)
+//! → `stats::Collector` → progress / CSV / `hdrlog` → `report` + `threshold`.
 
+pub mod app;
 pub mod backend;
+pub mod engine;
+pub mod hdrlog;
 pub mod http1;
+pub mod procstat;
+pub mod progress;
+pub mod report;
+pub mod session;
+pub mod shard;
+pub mod source;
+pub mod stats;
 pub mod sys;
+pub mod target;
+pub mod threshold;
 
 /// Bytes a connection keeps only while it must (a split head, unsent data).
 /// Boxed so the idle case costs one pointer (8 bytes), not a Vec (24 bytes):
