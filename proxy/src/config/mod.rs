@@ -19,6 +19,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+pub use patch::REDACTED;
 pub use raw::{
     RawAdmin, RawBackend, RawConfig, RawMatch, RawRoute, RawServer, RawUpstream, Size, Workers,
 };

@@ -6,10 +6,24 @@
 use super::{validate, Config, ConfigError, RawConfig};
 use serde_json::Value;
 
+/// What `RawConfig::redacted` shows instead of the admin token.
+pub const REDACTED: &str = "<redacted>";
+
 impl RawConfig {
     /// The configuration as JSON, e.g. for `GET /api/v1/config`.
     pub fn to_json(&self) -> Value {
         serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+
+    /// A copy safe to show (`GET /api/v1/config`): the admin token is
+    /// replaced by a placeholder. Keep patching the unredacted original, or
+    /// the placeholder would become the token.
+    pub fn redacted(&self) -> RawConfig {
+        let mut raw = self.clone();
+        if let Some(token) = raw.admin.as_mut().and_then(|a| a.token.as_mut()) {
+            *token = REDACTED.to_string();
+        }
+        raw
     }
 
     /// Applies `patch` (a JSON merge patch: objects merge, `null` removes a
@@ -96,6 +110,19 @@ routing:
 
     fn raw() -> RawConfig {
         RawConfig::from_yaml_str(FILE, "proxy.yaml").unwrap()
+    }
+
+    #[test]
+    fn redacts_the_token_only() {
+        let text = FILE.replace("upstreams:", "admin: { token: s3cret }\nupstreams:");
+        let raw = RawConfig::from_yaml_str(&text, "proxy.yaml").unwrap();
+        let shown = raw.redacted();
+        assert_eq!(
+            shown.admin.as_ref().unwrap().token.as_deref(),
+            Some(REDACTED)
+        );
+        assert!(!shown.to_json().to_string().contains("s3cret"));
+        assert_eq!(shown.upstreams, raw.upstreams);
     }
 
     #[test]
