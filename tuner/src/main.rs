@@ -1,4 +1,3 @@
 fn main() {
-    eprintln!("tuner: not built yet (see its issue)");
-    std::process::exit(2);
+    std::process::exit(tuner::cli::main());
 }
