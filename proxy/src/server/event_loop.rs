@@ -297,6 +297,8 @@ impl EventLoop {
             }
             return;
         }
+        // This entry is spent: the next deadline files a fresh one.
+        self.set_tick(key, 0);
         match self.slab.get(key) {
             Some(Entry::Client(_)) => self.client_timeout(key),
             Some(Entry::Upstream(u)) if u.client.is_none() => {

@@ -101,20 +101,25 @@ impl EventLoop {
     fn pump(&mut self, ck: usize, ex: &mut Exchange) -> Flow {
         loop {
             let mut progress = false;
-            for step in [
-                self.read_client(ck, ex),
-                self.next_request(ck, ex),
-                self.pump_upstream(ck, ex),
-                self.write_client(ck, ex),
-                self.finish_response(ck, ex),
-                self.pump_closing(ck, ex),
-            ] {
-                match step {
-                    Step::Close => return Flow::Close,
-                    Step::Progress => progress = true,
-                    Step::Blocked => {}
-                }
+            // Each step runs only if the ones before it left the connection open.
+            macro_rules! step {
+                ($e:expr) => {
+                    match $e {
+                        Step::Close => return Flow::Close,
+                        Step::Progress => progress = true,
+                        Step::Blocked => {}
+                    }
+                };
             }
+            step!(self.read_client(ck, ex));
+            if ex.client_eof && ex.active && !ex.tunnel && !ex.req_body.is_scanned() {
+                return Flow::Close; // the client left mid-request: nothing to answer
+            }
+            step!(self.next_request(ck, ex));
+            step!(self.pump_upstream(ck, ex));
+            step!(self.write_client(ck, ex));
+            step!(self.finish_response(ck, ex));
+            step!(self.pump_closing(ck, ex));
             if !progress {
                 let pending = ex.pending_to_client();
                 let inbuf_empty = ex.inbuf.as_ref().is_none_or(|b| b.is_empty());
