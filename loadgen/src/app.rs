@@ -254,7 +254,8 @@ fn run_inner(spec: RunSpec) -> Result<u8, AppError> {
     let mut sink_error: Option<String> = None;
     let outcome = session::run(&cfg, &placement, spec.duration, &stop, &mut |iv| {
         progress.interval(iv, by_requests);
-        if let Some(c) = &mut csv {
+        let sliver = iv.duration < Duration::from_millis(100) && iv.counters.requests == 0;
+        if let Some(c) = csv.as_mut().filter(|_| !sliver) {
             if let Err(e) = c.write(iv) {
                 sink_error.get_or_insert(e);
             }

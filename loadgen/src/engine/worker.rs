@@ -31,6 +31,11 @@ const SWEEP_NS: u64 = 200_000_000;
 const SECOND: u64 = 1_000_000_000;
 /// A paced request sent later than this after its intended time counts as late.
 const LATE_NS: u64 = 1_000_000;
+/// epoll (through mio) sleeps in whole milliseconds, rounded up, so a timer
+/// would fire 0.5 ms late on average and that lag would be added to every
+/// paced latency. Timers fire up to this much early instead; an early
+/// request's latency counts from its actual send time.
+const TIMER_SLACK_NS: u64 = 1_000_000;
 
 /// Open-loop schedule: connection g sends at `g * step_ns + k * period_ns`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,7 +234,7 @@ impl Worker {
                 .min(next_sweep)
                 .min(now + 100_000_000);
             if let Some(Reverse((t, _))) = self.timers.peek() {
-                until = until.min(*t);
+                until = until.min(t.saturating_sub(TIMER_SLACK_NS));
             }
             let timeout = Duration::from_nanos(until.saturating_sub(now));
             match self.poll.poll(&mut events, Some(timeout)) {
@@ -286,7 +291,7 @@ impl Worker {
 
     fn run_timers(&mut self, now: u64) {
         while let Some(&Reverse((at, i))) = self.timers.peek() {
-            if at > now {
+            if at > now + TIMER_SLACK_NS {
                 break;
             }
             self.timers.pop();
@@ -370,7 +375,7 @@ impl Worker {
             None => self.send(i, now, None),
             Some(_) => {
                 let due = self.conns[i].next_ns;
-                if due <= now {
+                if due <= now + TIMER_SLACK_NS {
                     self.send(i, now, Some(due));
                 } else {
                     self.wake(i, due);
@@ -399,7 +404,7 @@ impl Worker {
             }
             c.next_ns = t + p.period_ns;
         }
-        c.base_ns = intended.unwrap_or(now);
+        c.base_ns = intended.map_or(now, |t| t.min(now));
         c.started_ms = (now / 1_000_000) as u32;
         c.st = St::Writing;
         c.wpos = 0;
