@@ -228,6 +228,9 @@ fn bad_configs() -> Vec<(String, Option<usize>, &'static str, &'static str)> {
         (edit(2, true, "  listen: example.com:80"), Some(2), "server.listen", "not resolved"),
         (edit(10, true, "      - { addr: \"127.0.0.1:99999\" }"), Some(10), "upstreams.api.backends[1].addr", "invalid address"),
         (edit(10, true, "      - { addr: \"127.0.0.1:9000\" }"), Some(10), "upstreams.api.backends[1].addr", "duplicate backend 127.0.0.1:9000"),
+        (edit(10, true, "      - { addr: \"127.0.0.1:8080\" }"), Some(10), "upstreams.api.backends[1].addr", "the proxy itself"),
+        (edit(5, false, "admin:\n  listen: \"127.0.0.1:8080\""), Some(7), "admin.listen", "same address"),
+        (edit(2, true, "  listen: \"127.0.0.1:9091\""), Some(2), "server.listen", "same address"),
         // semantic: weights, backends, names
         (GOOD.replace("weight: 5", "weight: 0"), Some(9), "upstreams.api.backends[0].weight", "weight 0"),
         (GOOD.replace("weight: 5", "weight: 1000000"), Some(9), "upstreams.api.backends[0].weight", "above"),

@@ -4,7 +4,7 @@
 //! source is at hand, its line.
 
 use super::locate::Locator;
-use super::raw::{RawConfig, Size, Workers};
+use super::raw::{RawAdmin, RawConfig, Size, Workers};
 use super::units::{parse_duration, parse_size};
 use super::{
     AdminConfig, Algorithm, BackendConfig, Config, ConfigError, RouteConfig, RouteMatch,
@@ -75,7 +75,7 @@ impl Validator<'_> {
 
     fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let server = self.server(&raw)?;
-        let admin = self.admin(&raw)?;
+        let admin = self.admin(&raw, server.listen)?;
         if raw.upstreams.is_empty() {
             return Err(self.err(
                 "upstreams",
@@ -171,17 +171,27 @@ impl Validator<'_> {
         })
     }
 
-    fn admin(&self, raw: &RawConfig) -> Result<AdminConfig, ConfigError> {
-        let Some(a) = &raw.admin else {
-            return Ok(AdminConfig {
-                listen: DEFAULT_ADMIN_LISTEN,
-                token: None,
-            });
-        };
+    fn admin(&self, raw: &RawConfig, proxy: SocketAddr) -> Result<AdminConfig, ConfigError> {
+        let default = RawAdmin::default();
+        let a = raw.admin.as_ref().unwrap_or(&default);
         let listen = match &a.listen {
             None => DEFAULT_ADMIN_LISTEN,
             Some(text) => self.addr("admin.listen", text)?,
         };
+        if listen.port() != 0 && overlaps(listen, proxy) {
+            let field = if a.listen.is_some() {
+                "admin.listen"
+            } else {
+                "server.listen"
+            };
+            return Err(self.err(
+                field,
+                format!(
+                    "the admin API ({listen}) and the proxy ({proxy}) would listen on the same \
+                     address; give admin.listen another port"
+                ),
+            ));
+        }
         if let Some(token) = &a.token {
             if token.trim().is_empty() {
                 return Err(self.err(
@@ -221,6 +231,18 @@ impl Validator<'_> {
         for (i, b) in u.backends.iter().enumerate() {
             let bfield = format!("{field}.backends[{i}]");
             let addr = self.addr(&format!("{bfield}.addr"), &b.addr)?;
+            if addr.port() != 0 && overlaps(addr, server.listen) && addr.ip().is_loopback()
+                || addr == server.listen
+            {
+                return Err(self.err(
+                    format!("{bfield}.addr"),
+                    format!(
+                        "backend {addr} is the proxy itself (server.listen is {}); requests \
+                         would loop back into the proxy",
+                        server.listen
+                    ),
+                ));
+            }
             if let Some(first) = backends.iter().position(|x| x.addr == addr) {
                 return Err(self.err(
                     format!("{bfield}.addr"),
@@ -497,4 +519,10 @@ impl Validator<'_> {
             Some(t) => parse_duration(t).map_err(|m| self.err(field, m)),
         }
     }
+}
+
+/// Whether two socket addresses would collide: same port, and the same IP
+/// or one of them listening on every address (0.0.0.0 / ::).
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
