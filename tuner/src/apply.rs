@@ -59,6 +59,8 @@ pub struct Applied {
     pub outcome: Outcome,
     pub reason: String,
     pub failure: Option<Failure>,
+    /// The class of a failure, or why a skipped key cannot apply here.
+    pub class: Option<Class>,
     /// Why skipped, or what else to know.
     pub note: Option<String>,
 }
@@ -182,6 +184,11 @@ pub fn apply(profile: &Profile, env: &Env, opts: &ApplyOptions) -> Result<ApplyR
         }
         report.keys.push(applied);
     }
+    for k in &mut report.keys {
+        if let Some(f) = &k.failure {
+            k.class = Some(f.class);
+        }
+    }
     Ok(report)
 }
 
@@ -210,6 +217,7 @@ fn from_row(row: &Row, outcome: Outcome) -> Applied {
         outcome,
         reason: row.reason.clone(),
         failure: None,
+        class: row.class,
         note: row.note.clone(),
     }
 }
