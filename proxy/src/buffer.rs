@@ -75,26 +75,35 @@ impl Buf {
     }
 }
 
-/// Free buffers of one event loop. Not shared between threads.
+/// Free buffers of one event loop, in two sizes: small ones for message
+/// heads the proxy writes, large ones for bytes read from sockets. Not
+/// shared between threads.
+///
+/// The free lists follow demand: they may hold as many buffers as were in
+/// use at the recent peak (so a steady load never reaches the allocator),
+/// and `decay` hands the excess back once a burst is over.
 #[derive(Debug)]
 pub struct BufPool {
-    free: Vec<Box<[u8]>>,
-    size: usize,
-    max_free: usize,
+    large: Tier,
+    small: Tier,
     /// Bytes handed back to the allocator since the last trim.
     pub released_bytes: usize,
 }
 
-impl BufPool {
-    pub fn new(size: usize, max_free: usize) -> BufPool {
-        BufPool {
-            free: Vec::with_capacity(max_free),
-            size,
-            max_free,
-            released_bytes: 0,
-        }
-    }
-    pub fn get(&mut self) -> Buf {
+#[derive(Debug)]
+struct Tier {
+    free: Vec<Box<[u8]>>,
+    size: usize,
+    in_use: usize,
+    /// Most buffers in use at once since the last `decay`.
+    peak: usize,
+    floor: usize,
+}
+
+impl Tier {
+    fn get(&mut self) -> Buf {
+        self.in_use += 1;
+        self.peak = self.peak.max(self.in_use);
         let data = self
             .free
             .pop()
@@ -105,12 +114,64 @@ impl BufPool {
             end: 0,
         }
     }
-    pub fn put(&mut self, buf: Buf) {
-        if self.free.len() < self.max_free {
-            self.free.push(buf.data);
+
+    /// Returns the bytes released to the allocator.
+    fn put(&mut self, data: Box<[u8]>) -> usize {
+        self.in_use = self.in_use.saturating_sub(1);
+        if self.free.len() < self.floor.max(self.peak) {
+            self.free.push(data);
+            0
         } else {
-            self.released_bytes += buf.data.len();
+            data.len()
         }
+    }
+
+    fn decay(&mut self) -> usize {
+        let keep = self.floor.max(self.peak);
+        let excess = self.free.len().saturating_sub(keep);
+        self.free.truncate(keep);
+        self.peak = self.in_use;
+        excess * self.size
+    }
+}
+
+/// Size of the small tier: any head the proxy writes that fits in it.
+pub const SMALL_BUF: usize = 4096;
+
+impl BufPool {
+    /// `floor`: free buffers of each size kept however quiet the loop is.
+    pub fn new(size: usize, floor: usize) -> BufPool {
+        let tier = |size| Tier {
+            free: Vec::new(),
+            size,
+            in_use: 0,
+            peak: 0,
+            floor,
+        };
+        BufPool {
+            large: tier(size),
+            small: tier(SMALL_BUF.min(size)),
+            released_bytes: 0,
+        }
+    }
+    pub fn get(&mut self) -> Buf {
+        self.large.get()
+    }
+    /// A buffer for a head of about `need` bytes.
+    pub fn get_for(&mut self, need: usize) -> Buf {
+        if need <= self.small.size {
+            self.small.get()
+        } else {
+            self.large.get()
+        }
+    }
+    pub fn put(&mut self, buf: Buf) {
+        let released = if buf.data.len() == self.large.size {
+            self.large.put(buf.data)
+        } else {
+            self.small.put(buf.data)
+        };
+        self.released_bytes += released;
     }
     /// Returns a buffer to the pool and leaves `None` behind.
     pub fn put_opt(&mut self, slot: &mut Option<Buf>) {
@@ -118,8 +179,12 @@ impl BufPool {
             self.put(buf);
         }
     }
+    /// Called about once a second: frees what the last burst left behind.
+    pub fn decay(&mut self) {
+        self.released_bytes += self.large.decay() + self.small.decay();
+    }
     pub fn buffer_size(&self) -> usize {
-        self.size
+        self.large.size
     }
 }
 
@@ -141,5 +206,20 @@ mod tests {
         pool.put(b);
         let again = pool.get();
         assert_eq!(again.capacity(), 8);
+    }
+
+    #[test]
+    fn free_list_follows_demand_then_decays() {
+        let mut pool = BufPool::new(64, 2);
+        let bufs: Vec<Buf> = (0..10).map(|_| pool.get()).collect();
+        for b in bufs {
+            pool.put(b);
+        }
+        assert_eq!(pool.large.free.len(), 10, "kept up to the peak");
+        pool.decay();
+        assert_eq!(pool.large.free.len(), 10, "the window still saw the peak");
+        pool.decay();
+        assert_eq!(pool.large.free.len(), 2, "back to the floor");
+        assert_eq!(pool.get_for(100).capacity(), 64);
     }
 }

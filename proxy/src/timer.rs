@@ -39,7 +39,8 @@ impl TimerWheel {
     }
 
     pub fn after(&self, now: Instant, d: Duration) -> Millis {
-        self.millis(now).saturating_add(d.as_millis().min(u32::MAX as u128) as u32)
+        self.millis(now)
+            .saturating_add(d.as_millis().min(u32::MAX as u128) as u32)
     }
 
     /// Schedules `(key, gen)` at `deadline` (clamped to the wheel's span).

@@ -25,7 +25,9 @@ pub enum Piece {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Reading hex digits; `digits` counts them.
-    Size { digits: u8 },
+    Size {
+        digits: u8,
+    },
     /// After the size: optional whitespace and `;extensions`.
     Extension,
     SizeLf,

@@ -93,11 +93,17 @@ impl Reject {
             Reject::RequestTimeout => answer!("408 Request Timeout", "16", "request timeout\n"),
             Reject::UriTooLong => answer!("414 URI Too Long", "13", "uri too long\n"),
             Reject::HeadersTooLarge => {
-                answer!("431 Request Header Fields Too Large", "18", "headers too large\n")
+                answer!(
+                    "431 Request Header Fields Too Large",
+                    "18",
+                    "headers too large\n"
+                )
             }
             Reject::NotImplemented => answer!("501 Not Implemented", "16", "not implemented\n"),
             Reject::BadGateway => answer!("502 Bad Gateway", "12", "bad gateway\n"),
-            Reject::Unavailable => answer!("503 Service Unavailable", "20", "service unavailable\n"),
+            Reject::Unavailable => {
+                answer!("503 Service Unavailable", "20", "service unavailable\n")
+            }
             Reject::GatewayTimeout => answer!("504 Gateway Timeout", "16", "gateway timeout\n"),
         }
     }

@@ -114,9 +114,8 @@ pub fn parse_and_rewrite(
     let upstream_reusable = upstream_keep_alive && !(until_close || switching || smuggled);
     let chunked = matches!(framing, Framing::Chunked(_));
     let strip_chunked = chunked && client.http10;
-    let close_client = !switching
-        && !interim
-        && (!client.keep_alive || until_close || strip_chunked);
+    let close_client =
+        !switching && !interim && (!client.keep_alive || until_close || strip_chunked);
 
     let mut w = Writer { out, ok: true };
     if interim && client.http10 {
@@ -126,7 +125,11 @@ pub fn parse_and_rewrite(
         code[0] = b'0' + (status / 100 % 10) as u8;
         code[1] = b'0' + (status / 10 % 10) as u8;
         code[2] = b'0' + (status % 10) as u8;
-        w.put(if client.http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+        w.put(if client.http10 {
+            b"HTTP/1.0 "
+        } else {
+            b"HTTP/1.1 "
+        });
         w.put(&code);
         w.put(b" ");
         w.put(reason.as_bytes());
@@ -204,7 +207,10 @@ mod tests {
         );
         let head = r.unwrap().unwrap();
         assert!(head.upstream_reusable && !head.close_client);
-        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nVia: 1.1 speedmimi\r\n\r\n");
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nVia: 1.1 speedmimi\r\n\r\n"
+        );
     }
 
     #[test]
@@ -221,7 +227,10 @@ mod tests {
         };
         let (r, _) = run("HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n", head_req);
         assert!(matches!(r.unwrap().unwrap().framing, Framing::Empty));
-        let (r, _) = run("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", CLIENT11);
+        let (r, _) = run(
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            CLIENT11,
+        );
         assert_eq!(r.err(), Some(Garbage));
         let (r, _) = run("HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", CLIENT11);
         assert_eq!(r.err(), Some(Garbage));
@@ -239,6 +248,9 @@ mod tests {
         let (r, out) = run("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", c10);
         let head = r.unwrap().unwrap();
         assert!(head.strip_chunked && head.close_client);
-        assert_eq!(out, "HTTP/1.0 200 OK\r\nVia: 1.1 speedmimi\r\nConnection: close\r\n\r\n");
+        assert_eq!(
+            out,
+            "HTTP/1.0 200 OK\r\nVia: 1.1 speedmimi\r\nConnection: close\r\n\r\n"
+        );
     }
 }

@@ -25,8 +25,9 @@ use crate::upstream::UpstreamState;
 const LISTENER: Token = Token(usize::MAX - 1);
 /// Connections accepted per wake-up before other work gets a turn.
 const ACCEPT_BATCH: usize = 256;
-/// Free buffers a loop keeps for the next burst; the rest go back to the allocator.
-const POOLED_BUFFERS: usize = 256;
+/// Free buffers of each size a quiet loop keeps; under load the pool keeps
+/// as many as the recent peak needed.
+const POOLED_BUFFERS: usize = 64;
 const POOLED_EXCHANGES: usize = 256;
 /// After an error answer, how long the connection may linger to drain input.
 pub(super) const LINGER: Duration = Duration::from_secs(2);
@@ -47,8 +48,10 @@ pub(super) struct Routing {
 impl Routing {
     pub fn new(config: Arc<Config>) -> Routing {
         let upstream_cfg: Vec<UpstreamConfig> = config.upstreams.values().cloned().collect();
-        let upstreams: Vec<UpstreamState> =
-            upstream_cfg.iter().map(UpstreamState::from_config).collect();
+        let upstreams: Vec<UpstreamState> = upstream_cfg
+            .iter()
+            .map(UpstreamState::from_config)
+            .collect();
         let mut route_upstream = Vec::new();
         let mut balancers = Vec::new();
         for route in config.routing.values() {
@@ -114,7 +117,11 @@ impl EventLoop {
             max_uri: max_head.min(8192),
         };
         let routing = Routing::new(config);
-        let sizes: Vec<usize> = routing.upstream_cfg.iter().map(|u| u.backends.len()).collect();
+        let sizes: Vec<usize> = routing
+            .upstream_cfg
+            .iter()
+            .map(|u| u.backends.len())
+            .collect();
         Ok(EventLoop {
             poll,
             listener,
@@ -213,7 +220,11 @@ impl EventLoop {
         if self
             .poll
             .registry()
-            .register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE)
+            .register(
+                &mut stream,
+                Token(key),
+                Interest::READABLE | Interest::WRITABLE,
+            )
             .is_err()
         {
             self.release_slot(refused);
@@ -396,9 +407,11 @@ impl EventLoop {
         let gen = self.gen();
         let entry = self.slab.vacant_entry();
         let key = entry.key();
-        self.poll
-            .registry()
-            .register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE)?;
+        self.poll.registry().register(
+            &mut stream,
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
         entry.insert(Entry::Upstream(UpstreamConn {
             stream,
             gen,
@@ -438,14 +451,18 @@ impl EventLoop {
         }
     }
 
-    /// Hands allocator memory back to the OS after a burst released buffers.
+    /// Once a second: lets the buffer pool shrink after a burst, and hands
+    /// allocator memory back to the OS when a lot was released.
     fn maybe_trim(&mut self) {
-        if self.bufs.released_bytes < 8 << 20 || self.now - self.last_trim < Duration::from_secs(2)
-        {
+        if self.now - self.last_trim < Duration::from_secs(1) {
+            return;
+        }
+        self.last_trim = self.now;
+        self.bufs.decay();
+        if self.bufs.released_bytes < 8 << 20 {
             return;
         }
         self.bufs.released_bytes = 0;
-        self.last_trim = self.now;
         #[cfg(target_env = "gnu")]
         // SAFETY: malloc_trim only walks glibc's own heap; no Rust invariant involved.
         unsafe {

@@ -44,8 +44,12 @@ impl Server {
         for (i, listener) in listeners.into_iter().enumerate() {
             let loop_stats = Arc::new(LoopStats::default());
             stats.push(loop_stats.clone());
-            let mut event_loop =
-                EventLoop::new(config.clone(), listener, loop_stats, open_connections.clone())?;
+            let mut event_loop = EventLoop::new(
+                config.clone(),
+                listener,
+                loop_stats,
+                open_connections.clone(),
+            )?;
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("loop-{i}"))

@@ -236,7 +236,8 @@ impl EventLoop {
         if let Err(reject) = self.attach_backend(ck, ex) {
             return self.reject(ck, ex, reject);
         }
-        let mut out = self.bufs.get();
+        // The head grows by the forwarding headers (and a Host for HTTP/1.0).
+        let mut out = self.bufs.get_for(head.head_len + 512);
         let data = ex.inbuf.as_ref().expect("head parsed from inbuf").data();
         let peer = self.client_mut(ck).peer;
         let fallback_host = &self.routing.backend_hosts[ex.upstream][ex.backend];
@@ -266,8 +267,7 @@ impl EventLoop {
                 exclude: &ex.tried[..ex.tries],
                 now: self.now,
             };
-            let picked =
-                self.routing.balancers[ex.route].pick(&self.routing.upstreams[u], &ctx);
+            let picked = self.routing.balancers[ex.route].pick(&self.routing.upstreams[u], &ctx);
             let Some(b) = picked else {
                 return Err(if ex.tries == 0 {
                     Reject::Unavailable
@@ -344,7 +344,10 @@ impl EventLoop {
             return Step::Close;
         };
         if up.ready & WRITABLE != 0 {
-            let head = ex.req_head.as_ref().map_or(&[][..], |b| &b.data()[ex.req_head_sent..]);
+            let head = ex
+                .req_head
+                .as_ref()
+                .map_or(&[][..], |b| &b.data()[ex.req_head_sent..]);
             let body_len = ex.req_body.pending();
             let body = ex.inbuf.as_ref().map_or(&[][..], |b| &b.data()[..body_len]);
             let total = head.len() + body.len();
@@ -371,6 +374,9 @@ impl EventLoop {
                     Err(_) => return self.upstream_failed(ck, ex, UpstreamFailure::Closed),
                 }
             }
+        }
+        if ex.req_body.is_complete() && ex.inbuf.as_ref().is_some_and(|b| b.is_empty()) {
+            self.bufs.put_opt(&mut ex.inbuf);
         }
         // Response bytes.
         let Some(Entry::Upstream(up)) = self.slab.get_mut(uk) else {
@@ -414,7 +420,18 @@ impl EventLoop {
             if buf.is_empty() {
                 break;
             }
-            let mut out = ex.resp_head.take().unwrap_or_else(|| self.bufs.get());
+            let need = buf.len() + 512; // the rewritten head is at most this long
+            let mut out = match ex.resp_head.take() {
+                Some(out) if out.capacity() - out.len() >= need => out,
+                Some(out) => {
+                    // An interim head is queued: keep it, in a buffer big enough for both.
+                    let mut bigger = self.bufs.get_for(out.len() + need);
+                    bigger.push(out.data());
+                    self.bufs.put(out);
+                    bigger
+                }
+                None => self.bufs.get_for(need),
+            };
             let parsed = parse_and_rewrite(buf.data(), ex.client, &mut out);
             ex.resp_head = Some(out);
             match parsed {
@@ -432,10 +449,15 @@ impl EventLoop {
                         continue;
                     }
                     let latency = self.now.saturating_duration_since(ex.started);
-                    self.routing.upstreams[ex.upstream].record_success(ex.backend, latency, self.now);
+                    self.routing.upstreams[ex.upstream]
+                        .record_success(ex.backend, latency, self.now);
                     ex.close_after |= head.close_client;
                     ex.upstream_reusable = head.upstream_reusable;
                     ex.resp_body = Some(BodyScan::new(head.framing, head.strip_chunked));
+                    if ex.req_head_unsent() == 0 {
+                        // No retry once a response head came: the copy can go.
+                        self.bufs.put_opt(&mut ex.req_head);
+                    }
                     if head.switching {
                         ex.tunnel = true;
                         ex.req_body = BodyScan::new(Framing::UntilClose, false);
@@ -476,7 +498,10 @@ impl EventLoop {
         }
         let head = ex.resp_head.as_ref().map_or(&[][..], |b| b.data());
         let body_len = ex.resp_body.as_ref().map_or(0, |b| b.pending());
-        let body = ex.resp_buf.as_ref().map_or(&[][..], |b| &b.data()[..body_len]);
+        let body = ex
+            .resp_buf
+            .as_ref()
+            .map_or(&[][..], |b| &b.data()[..body_len]);
         let total = head.len() + body.len();
         if total == 0 {
             return Step::Blocked;
