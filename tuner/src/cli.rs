@@ -59,7 +59,7 @@ pub struct Global {
     /// Process whose rlimits the profile's rlimit keys set (default: the shell that ran tuner).
     #[arg(long, global = true, value_name = "PID")]
     pub pid: Option<i32>,
-    /// Only keys whose name starts with PREFIX (repeatable), e.g. --only net.
+    /// Only keys whose name starts with PREFIX, e.g. `--only net.` (repeatable)
     #[arg(long, global = true, value_name = "PREFIX")]
     pub only: Vec<String>,
 }
@@ -227,6 +227,13 @@ pub fn run(cli: Cli) -> i32 {
                 Ok(p) => p,
                 Err(code) => return code,
             };
+            // persist only reads live values; staging files under --root DIR for
+            // another machine's image should not need a fake proc/ there.
+            let mut env = env.clone();
+            if !env.roots.proc.join("sys").exists() {
+                env.roots.proc = "/proc".into();
+                env.roots.sys = "/sys".into();
+            }
             match persist::persist(&prof, &env, unit) {
                 Ok(r) => {
                     out(render::persist(&r, style));

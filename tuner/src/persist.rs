@@ -59,7 +59,9 @@ pub fn persist(profile: &Profile, env: &Env, unit: &str) -> Result<PersistReport
                         continue;
                     }
                 };
-                sysctl_lines.push(format!("# {}\n{name} = {value}", key.reason));
+                // `-` tells systemd-sysctl an optional key may be missing at boot.
+                let dash = if key.optional { "-" } else { "" };
+                sysctl_lines.push(format!("# {}\n{dash}{name} = {value}", key.reason));
             }
             Target::Rlimit { resource, hard } => {
                 let Some(cur) = row.current.as_deref() else {
