@@ -208,7 +208,13 @@ fn run_inner(spec: RunSpec) -> Result<u8, AppError> {
         stop_on_sigint.store(true, std::sync::atomic::Ordering::Relaxed)
     });
 
-    let per_process = nofile.saturating_sub(FD_RESERVE).max(1);
+    // The environment override exists so tests can exercise sharding
+    // without opening 20,000 sockets.
+    let per_process = std::env::var("LOADGEN_MAX_CONNS_PER_PROCESS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or_else(|| nofile.saturating_sub(FD_RESERVE))
+        .max(1);
     let shards = spec.conns.div_ceil(per_process);
     let placement = if shards > 1 {
         cfg.threads = cfg.threads.div_ceil(shards as usize);

@@ -252,7 +252,7 @@ impl Worker {
                 }
                 let mut alive = true;
                 if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                    alive = self.on_readable(key);
+                    alive = self.on_readable(key, ev.is_read_closed() || ev.is_error());
                 }
                 if alive && ev.is_writable() {
                     alive = self.flush(key);
@@ -317,8 +317,10 @@ impl Worker {
         let _ = c.sock.shutdown(std::net::Shutdown::Write);
     }
 
-    /// Reads until the socket is drained; returns false to drop the connection.
-    fn on_readable(&mut self, key: usize) -> bool {
+    /// Reads until the socket is drained; returns false to drop the
+    /// connection. `drain`: the peer closed, so read to the end even after
+    /// a short read (no further edge will come for the FIN).
+    fn on_readable(&mut self, key: usize, drain: bool) -> bool {
         loop {
             let c = &mut self.conns[key];
             if c.paused || c.closing {
@@ -332,7 +334,7 @@ impl Worker {
                     self.buf = data;
                     // A short read means the receive queue is empty; an
                     // edge will come for new data, so skip the EAGAIN read.
-                    if n < self.buf.len() {
+                    if n < self.buf.len() && !drain {
                         break;
                     }
                 }
@@ -485,7 +487,7 @@ impl Worker {
         c.paused = c.out.as_ref().is_some_and(|o| o.len() > MAX_OUT);
         if was_paused && !c.paused {
             // Reading stopped on backpressure: the edge is gone, read now.
-            return self.on_readable(key);
+            return self.on_readable(key, true);
         }
         true
     }

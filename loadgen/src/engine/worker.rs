@@ -256,7 +256,7 @@ impl Worker {
                             self.write(i);
                         }
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                            self.on_readable(i);
+                            self.on_readable(i, ev.is_read_closed() || ev.is_error());
                         }
                     }
                     St::Waiting => {}
@@ -432,7 +432,9 @@ impl Worker {
         }
     }
 
-    fn on_readable(&mut self, i: usize) {
+    /// `drain`: the peer closed, so read to the end even after a short
+    /// read (no further edge will come for the FIN).
+    fn on_readable(&mut self, i: usize, drain: bool) {
         loop {
             let Some(sock) = self.conns[i].sock.as_mut() else {
                 return;
@@ -446,7 +448,7 @@ impl Worker {
                     self.buf = buf;
                     // A short read drained the socket: the next data brings
                     // a new edge, so no EAGAIN read is needed.
-                    if !usable || n < self.buf.len() {
+                    if !usable || (n < self.buf.len() && !drain) {
                         return;
                     }
                 }
