@@ -95,14 +95,13 @@ fn opt(v: Option<u64>) -> String {
     v.map(output::count).unwrap_or_else(|| "absent".into())
 }
 
-fn yes_no(b: bool) -> Cell0 {
+fn yes_no(b: bool) -> (&'static str, Tone) {
     if b {
         ("yes", Tone::Good)
     } else {
         ("no", Tone::Warn)
     }
 }
-type Cell0 = (&'static str, Tone);
 
 pub fn render(f: &Facts, style: Style) -> String {
     if style.json {

@@ -233,3 +233,57 @@ fn read_only_proc_sys_is_classified_and_nothing_changes() {
     }
     assert_eq!(read_all(&keys), host_before, "host values untouched");
 }
+
+#[test]
+fn a_non_root_user_is_told_which_capability_is_missing() {
+    if !is_root() {
+        return;
+    }
+    let keys = namespaced_keys();
+    let host_before = read_all(&keys);
+    let state = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        state.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let nobody = nix::unistd::Uid::from_raw(65534);
+    let nogroup = nix::unistd::Gid::from_raw(65534);
+    let mut c = Command::new(TUNER);
+    c.args(["--state"])
+        .arg(state.path().join("s"))
+        .args([
+            "apply",
+            "--profile",
+            "container",
+            "--only",
+            "net.core.somaxconn",
+            "--json",
+        ])
+        .env_remove("TUNER_CRASH_AFTER_WRITES");
+    // SAFETY: unshare, setgroups, setgid and setuid are plain syscalls, safe between
+    // fork and exec; nothing is allocated (the empty group list needs no buffer).
+    unsafe {
+        c.pre_exec(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
+            nix::unistd::setgroups(&[])?;
+            nix::unistd::setgid(nogroup)?;
+            nix::unistd::setuid(nobody)?;
+            Ok(())
+        });
+    }
+    let o = c.output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let r = json(&o);
+    let k = row(&r, "net.core.somaxconn");
+    assert_eq!(k["outcome"], "failed");
+    assert_eq!(k["failure"]["class"], "missing_capability");
+    assert!(
+        k["failure"]["fix"]
+            .as_str()
+            .unwrap()
+            .contains("CAP_NET_ADMIN"),
+        "{k}"
+    );
+    assert_eq!(read_all(&keys), host_before, "host values untouched");
+}
