@@ -13,6 +13,9 @@ use crate::timer::Millis;
 
 pub(super) const READABLE: u8 = 1;
 pub(super) const WRITABLE: u8 = 2;
+/// The peer closed or reset: the edge that said so will not come again, so
+/// a short read must not end the reading (the EOF or error is still to be seen).
+pub(super) const HUP: u8 = 4;
 
 /// Where a client connection is in its life (decides its timeout).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

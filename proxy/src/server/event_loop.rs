@@ -11,7 +11,7 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use super::conn::{ClientConn, Entry, Exchange, Phase, UpstreamConn, READABLE, WRITABLE};
+use super::conn::{ClientConn, Entry, Exchange, Phase, UpstreamConn, HUP, READABLE, WRITABLE};
 use crate::balancer::{new_balancer, Balancer};
 use crate::buffer::BufPool;
 use crate::config::{Config, Router, UpstreamConfig};
@@ -170,6 +170,9 @@ impl EventLoop {
                 }
                 if event.is_writable() || event.is_write_closed() || event.is_error() {
                     ready |= WRITABLE;
+                }
+                if event.is_read_closed() || event.is_error() {
+                    ready |= HUP;
                 }
                 self.on_ready(token.0, ready);
             }

@@ -8,7 +8,7 @@
 use std::io::{self, IoSlice, Read, Write};
 use std::time::Duration;
 
-use super::conn::{Entry, Exchange, Phase, READABLE, WRITABLE};
+use super::conn::{Entry, Exchange, Phase, HUP, READABLE, WRITABLE};
 use super::event_loop::{EventLoop, LINGER};
 use crate::balancer::PickContext;
 use crate::http::body::{BodyScan, Framing};
@@ -158,7 +158,7 @@ impl EventLoop {
             }
             Ok(n) => {
                 buf.filled(n);
-                if n < want {
+                if n < want && c.ready & HUP == 0 {
                     c.ready &= !READABLE;
                 }
                 LoopStats::add(&self.stats.bytes_in, n as u64);
@@ -395,7 +395,7 @@ impl EventLoop {
                     }
                     Ok(n) => {
                         buf.filled(n);
-                        if n < want {
+                        if n < want && up.ready & HUP == 0 {
                             up.ready &= !READABLE;
                         }
                         progress = true;
@@ -459,8 +459,10 @@ impl EventLoop {
                         self.bufs.put_opt(&mut ex.req_head);
                     }
                     if head.switching {
+                        // After 101 both directions are opaque byte streams.
                         ex.tunnel = true;
                         ex.req_body = BodyScan::new(Framing::UntilClose, false);
+                        ex.resp_body = Some(BodyScan::new(Framing::UntilClose, false));
                     }
                 }
             }
