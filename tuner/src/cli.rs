@@ -269,7 +269,12 @@ pub fn run(cli: Cli) -> i32 {
             match capacity::plan(&req, costs, &facts, prof.as_ref(), &env) {
                 Ok(p) => {
                     out(capacity::render(&p, style));
-                    EXIT_OK
+                    // A plan, but scripts may gate on "this machine cannot".
+                    if p.verdict == "no" {
+                        EXIT_OFF
+                    } else {
+                        EXIT_OK
+                    }
                 }
                 Err(e) => usage(e),
             }

@@ -110,7 +110,13 @@ fn capacity_for_a_million_connections_names_what_stops_it() {
     let (_, hard) = nofile();
     assert_eq!(p["fds_total"], 1_100_000);
     assert_eq!(p["ram_bytes_needed"], 1_000_000u64 * (2800 + 256));
-    assert_eq!(p["source_addresses"], 50);
+    let range: Vec<u64> = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .unwrap()
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    let per_source = 20_000u64.min(range[1] - range[0] + 1);
+    assert_eq!(p["source_addresses"], 1_000_000u64.div_ceil(per_source));
     if !has_cap_sys_resource() {
         let processes = 1_100_000u64.div_ceil(hard);
         assert_eq!(p["processes"], processes);
@@ -142,6 +148,24 @@ fn capacity_for_a_million_connections_names_what_stops_it() {
         t.contains("can this machine hold 1,000,000 connections"),
         "{t}"
     );
+    assert_eq!(
+        o.status.code(),
+        Some(i32::from(t.contains("connections: no")))
+    );
+}
+
+#[test]
+fn capacity_exits_1_when_this_machine_cannot() {
+    // A billion connections at 2.8 KB each needs terabytes of RAM.
+    let o = tuner(&["capacity", "--connections", "1000000000", "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let p = json(&o);
+    assert_eq!(p["verdict"], "no");
+    assert!(p["stops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s.as_str().unwrap().starts_with("RAM")));
 }
 
 #[test]
