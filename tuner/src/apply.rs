@@ -142,6 +142,11 @@ pub fn apply(profile: &Profile, env: &Env, opts: &ApplyOptions) -> Result<ApplyR
     }
 
     // Save every original first: after this point a crash can always be undone.
+    let _lock = if rows.iter().any(|r| r.status == Status::Off) {
+        Some(state::lock(&opts.state_dir)?)
+    } else {
+        None
+    };
     let originals = collect_originals(profile, &rows, env);
     if !originals.is_empty() {
         let mut st = state::load(&opts.state_dir)?.unwrap_or_else(|| State {
@@ -520,6 +525,10 @@ pub fn rollback(state_dir: &Path, env: &Env) -> Result<RollbackReport, StateErro
         keys: Vec::new(),
         state_removed: false,
     };
+    if !state::path(state_dir).exists() {
+        return Ok(report);
+    }
+    let _lock = state::lock(state_dir)?;
     let Some(st) = state::load(state_dir)? else {
         return Ok(report);
     };

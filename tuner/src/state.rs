@@ -22,6 +22,13 @@ pub enum StateError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("another tuner apply or rollback holds {path}: wait for it, or remove the lock if no tuner is running")]
+    Busy { path: PathBuf },
+    #[error("cannot lock {path}: {source} (use --state DIR for a writable place)")]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the state file {path} is damaged ({source}); its originals cannot be trusted: restore by hand from it")]
     Parse {
         path: PathBuf,
@@ -106,11 +113,36 @@ pub fn save(dir: &Path, state: &State) -> Result<(), StateError> {
     atomic::write(&p, &json, 0o600).map_err(|source| StateError::Save { path: p, source })
 }
 
+/// Remove the state file. The directory and its lock file stay: deleting a lock
+/// file another process may be waiting on would let two holders in.
 pub fn remove(dir: &Path) -> std::io::Result<()> {
-    std::fs::remove_file(path(dir))?;
-    // Leave the directory if something else lives there.
-    let _ = std::fs::remove_dir(dir);
-    Ok(())
+    std::fs::remove_file(path(dir))
+}
+
+/// Held while apply or rollback reads and writes the state, so two runs cannot
+/// interleave and lose originals. Released on drop.
+pub struct Lock {
+    _flock: nix::fcntl::Flock<std::fs::File>,
+}
+
+pub fn lock(dir: &Path) -> Result<Lock, StateError> {
+    let p = dir.join("state.lock");
+    let err = |source| StateError::Lock {
+        path: p.clone(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .map_err(err)?;
+    match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(l) => Ok(Lock { _flock: l }),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(StateError::Busy { path: p }),
+        Err((_, e)) => Err(err(e.into())),
+    }
 }
 
 impl State {

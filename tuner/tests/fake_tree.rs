@@ -539,3 +539,23 @@ fn usage_errors_exit_2() {
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).contains("net.core.somaxconn"), "{}", text(&o));
 }
+
+#[test]
+fn apply_refuses_while_another_run_holds_the_state() {
+    let f = Fake::new();
+    let before = f.snapshot();
+    let held = tuner::state::lock(&f.state()).unwrap();
+    let o = f.tuner(&args(&["apply", "--profile", "production"], NO_RLIMITS));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("another tuner apply or rollback"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(f.snapshot(), before, "nothing written without the lock");
+    drop(held);
+    let o = f.tuner(&args(&["apply", "--profile", "production"], NO_RLIMITS));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(f.tuner(&["rollback"]).status.code(), Some(0));
+    assert_eq!(f.snapshot(), before);
+}
