@@ -21,7 +21,7 @@ fn passing_thresholds_exit_0() {
         code(
             &b,
             &[
-                "p99<1h",
+                "p99<3600s",
                 "p50<=60s",
                 "max<3600s",
                 "errors=0",
