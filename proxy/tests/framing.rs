@@ -1,0 +1,424 @@
+//! Request framing and the proxy's own answers: every malformed or
+//! ambiguous request gets its status and a closed connection, backend
+//! failures map to 502/503/504, and the proxy keeps serving afterwards.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+fn proxy_with_backend() -> (Backend, Proxy) {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    (b, p)
+}
+
+#[test]
+fn rejects_malformed_request_line() {
+    let (_b, mut p) = proxy_with_backend();
+    assert_rejected(&mut p, b"GET /\r\nHost: a\r\n\r\n", 400);
+    assert_rejected(&mut p, b"GET / HTTP/1.1 extra\r\nHost: a\r\n\r\n", 400);
+    assert_rejected(&mut p, b"G(T / HTTP/1.1\r\nHost: a\r\n\r\n", 400);
+}
+
+#[test]
+fn rejects_unknown_http_version() {
+    let (_b, mut p) = proxy_with_backend();
+    assert_rejected(&mut p, b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 400);
+}
+
+#[test]
+fn rejects_content_length_with_transfer_encoding() {
+    let (b, mut p) = proxy_with_backend();
+    assert_rejected(
+        &mut p,
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+    );
+    assert!(
+        b.received().iter().all(|r| r.method != "POST"),
+        "the ambiguous request reached the backend"
+    );
+}
+
+#[test]
+fn rejects_differing_duplicate_content_length() {
+    let (b, mut p) = proxy_with_backend();
+    assert_rejected(
+        &mut p,
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        400,
+    );
+    assert_rejected(
+        &mut p,
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 6\r\n\r\nhello!",
+        400,
+    );
+    assert!(b.received().iter().all(|r| r.method != "POST"));
+}
+
+#[test]
+fn rejects_invalid_content_length() {
+    let (_b, mut p) = proxy_with_backend();
+    assert_rejected(
+        &mut p,
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
+        400,
+    );
+    assert_rejected(
+        &mut p,
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x10\r\n\r\n",
+        400,
+    );
+}
+
+#[test]
+fn accepts_identical_duplicate_content_length() {
+    let (b, p) = proxy_with_backend();
+    let mut c = p.client();
+    c.send(
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+    );
+    let r = c.read_response();
+    assert_eq!(r.status, 200);
+    assert_eq!(b.last().body, b"hello");
+}
+
+#[test]
+fn rejects_obs_fold() {
+    let (_b, mut p) = proxy_with_backend();
+    assert_rejected(
+        &mut p,
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-A: one\r\n  folded\r\n\r\n",
+        400,
+    );
+}
+
+#[test]
+fn rejects_bare_cr() {
+    let (_b, mut p) = proxy_with_backend();
+    assert_rejected(
+        &mut p,
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\rX-B: 2\r\n\r\n",
+        400,
+    );
+}
+
+#[test]
+fn rejects_nul_in_header() {
+    let (_b, mut p) = proxy_with_backend();
+    assert_rejected(
+        &mut p,
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-A: a\0b\r\n\r\n",
+        400,
+    );
+}
+
+#[test]
+fn rejects_whitespace_before_colon() {
+    let (_b, mut p) = proxy_with_backend();
+    assert_rejected(&mut p, b"GET / HTTP/1.1\r\nHost : a\r\n\r\n", 400);
+}
+
+#[test]
+fn rejects_invalid_chunk_size() {
+    let (_b, mut p) = proxy_with_backend();
+    assert_rejected(
+        &mut p,
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        400,
+    );
+}
+
+#[test]
+fn rejects_chunk_size_overflow() {
+    let (_b, mut p) = proxy_with_backend();
+    assert_rejected(
+        &mut p,
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1ffffffffffffffff\r\nhello\r\n0\r\n\r\n",
+        400,
+    );
+}
+
+#[test]
+fn rejects_missing_host_in_http11() {
+    let (_b, mut p) = proxy_with_backend();
+    assert_rejected(&mut p, b"GET / HTTP/1.1\r\nAccept: */*\r\n\r\n", 400);
+}
+
+#[test]
+fn rejects_repeated_host() {
+    let (_b, mut p) = proxy_with_backend();
+    assert_rejected(&mut p, b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400);
+}
+
+#[test]
+fn rejects_transfer_encoding_gzip_with_501() {
+    let (_b, mut p) = proxy_with_backend();
+    assert_rejected(
+        &mut p,
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
+        501,
+    );
+}
+
+#[test]
+fn rejects_transfer_encoding_not_ending_in_chunked() {
+    let (_b, mut p) = proxy_with_backend();
+    assert_rejected(
+        &mut p,
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+        400,
+    );
+}
+
+#[test]
+fn rejects_uri_over_8k_with_414() {
+    let (_b, mut p) = proxy_with_backend();
+    let req = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(9000));
+    assert_rejected(&mut p, req.as_bytes(), 414);
+}
+
+#[test]
+fn rejects_headers_over_max_header_size_with_431() {
+    let (_b, mut p) = proxy_with_backend();
+    let req = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(20_000)
+    );
+    assert_rejected(&mut p, req.as_bytes(), 431);
+}
+
+#[test]
+fn rejects_too_many_header_lines_with_431() {
+    let (_b, mut p) = proxy_with_backend();
+    let mut req = String::from("GET / HTTP/1.1\r\nHost: a\r\n");
+    for i in 0..150 {
+        req.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    req.push_str("\r\n");
+    assert_rejected(&mut p, req.as_bytes(), 431);
+}
+
+#[test]
+fn answers_408_when_head_stalls_past_header_timeout() {
+    let b = Backend::start("a");
+    let mut cfg = Cfg::new(&[b.addr]);
+    cfg.header_timeout = "500ms";
+    let mut p = cfg.start();
+    let mut c = p.client();
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\n"); // no blank line: the head never ends
+    let r = c.read_response();
+    assert_eq!(r.status, 408);
+    assert!(c.is_closed(), "the connection stays open after a 408");
+    assert_eq!(b.requests(), 0);
+    assert_still_serves(&mut p);
+}
+
+#[test]
+fn closes_silent_connection_past_header_timeout_without_answer() {
+    let b = Backend::start("a");
+    let mut cfg = Cfg::new(&[b.addr]);
+    cfg.header_timeout = "300ms";
+    let p = cfg.start();
+    let mut c = p.client();
+    let rest = c
+        .read_rest()
+        .expect("the proxy closes, not the 10 s client timeout");
+    assert!(
+        rest.is_empty(),
+        "a silent connection got {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+}
+
+#[test]
+fn answers_502_when_backend_refuses() {
+    let good = Backend::start("good");
+    let dead = closed_port();
+    let mut cfg = Cfg::new(&[good.addr]);
+    cfg.extra_upstreams = format!(
+        "  dead:\n    backends: [ {{ addr: \"{dead}\" }} ]\n    max_fails: 100\n    connect_timeout: 2s\n"
+    );
+    cfg.extra_routes =
+        "  dead: { upstream: dead, match: { path_prefix: \"/dead\" } }\n".to_string();
+    let mut p = cfg.start();
+    let (r, closed) = exchange_raw(&p, b"GET /dead HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(r.status, 502, "{}", r.head);
+    assert!(closed);
+    assert_still_serves(&mut p);
+}
+
+#[test]
+fn answers_502_when_backend_resets_before_answering() {
+    let (b, mut p) = proxy_with_backend();
+    let (r, closed) = exchange_raw(&p, b"GET /reset HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(r.status, 502, "{}", r.head);
+    assert!(closed);
+    assert!(b.requests() >= 1);
+    assert_still_serves(&mut p);
+}
+
+#[test]
+fn answers_502_when_post_backend_resets_before_answering() {
+    let (_b, mut p) = proxy_with_backend();
+    let (r, closed) = exchange_raw(
+        &p,
+        b"POST /reset HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+    );
+    assert_eq!(r.status, 502, "{}", r.head);
+    assert!(closed);
+    assert_still_serves(&mut p);
+}
+
+#[test]
+fn answers_502_when_backend_answers_garbage() {
+    let (_b, mut p) = proxy_with_backend();
+    let (r, closed) = exchange_raw(&p, b"GET /garbage HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(r.status, 502, "{}", r.head);
+    assert!(closed);
+    assert_still_serves(&mut p);
+}
+
+#[test]
+fn answers_503_when_no_backend_is_healthy() {
+    let good = Backend::start("good");
+    let dead = closed_port();
+    let mut cfg = Cfg::new(&[good.addr]);
+    cfg.extra_upstreams = format!(
+        "  dead:\n    backends: [ {{ addr: \"{dead}\" }} ]\n    max_fails: 1\n    fail_timeout: 30s\n"
+    );
+    cfg.extra_routes =
+        "  dead: { upstream: dead, match: { path_prefix: \"/dead\" } }\n".to_string();
+    let mut p = cfg.start();
+    // The first failure (502) takes the only backend out of rotation ...
+    let (r, closed) = exchange_raw(&p, b"GET /dead HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(r.status, 502, "{}", r.head);
+    assert!(closed);
+    // ... so the next request finds no healthy backend.
+    let (r, closed) = exchange_raw(&p, b"GET /dead HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(r.status, 503, "{}", r.head);
+    assert!(closed);
+    assert_still_serves(&mut p);
+}
+
+#[test]
+fn skips_failed_backend_after_max_fails() {
+    let good = Backend::start("good");
+    let dead = closed_port();
+    let mut cfg = Cfg::new(&[good.addr, dead]);
+    cfg.max_fails = 1;
+    cfg.fail_timeout = "30s";
+    let p = cfg.start();
+    let mut c = p.client();
+    // Connects to the dead one are retried on the good one: every request succeeds.
+    for _ in 0..10 {
+        let r = c.get("/");
+        assert_eq!(r.status, 200, "{}", r.head);
+        assert_eq!(r.text(), "good");
+    }
+    assert_eq!(good.requests(), 10);
+}
+
+#[test]
+fn answers_503_and_closes_past_max_conn() {
+    let b = Backend::start("a");
+    let mut cfg = Cfg::new(&[b.addr]);
+    cfg.max_conn = 2;
+    let p = cfg.start();
+    let mut c1 = p.client();
+    let mut c2 = p.client();
+    assert_eq!(c1.get("/").status, 200);
+    assert_eq!(c2.get("/").status, 200);
+    let mut c3 = p.client();
+    let _ = c3.try_send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    let r = c3.read_response();
+    assert_eq!(r.status, 503, "{}", r.head);
+    assert!(c3.is_closed(), "the refused connection stays open");
+    // The first two still work.
+    assert_eq!(c1.get("/").status, 200);
+    assert_eq!(c2.get("/").status, 200);
+    assert_eq!(b.requests(), 4);
+}
+
+#[test]
+fn accepts_again_after_a_connection_under_max_conn_closes() {
+    let b = Backend::start("a");
+    let mut cfg = Cfg::new(&[b.addr]);
+    cfg.max_conn = 1;
+    let p = cfg.start();
+    let mut c1 = p.client();
+    assert_eq!(c1.get("/").status, 200);
+    drop(c1);
+    // The slot frees once the proxy has seen the close: retry a few times.
+    let mut ok = false;
+    for _ in 0..100 {
+        let mut c = p.client();
+        let _ = c.try_send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        if let Ok(r) = c.try_read_response(false) {
+            if r.status == 200 {
+                ok = true;
+                break;
+            }
+            assert_eq!(r.status, 503);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(ok, "the freed slot was never reused");
+}
+
+#[test]
+fn answers_504_on_upstream_read_timeout() {
+    let b = Backend::start("a");
+    let mut cfg = Cfg::new(&[b.addr]);
+    cfg.upstream_read_timeout = "500ms";
+    let mut p = cfg.start();
+    let (r, closed) = exchange_raw(&p, b"GET /slow/3000 HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(r.status, 504, "{}", r.head);
+    assert!(closed);
+    assert_still_serves(&mut p);
+}
+
+#[test]
+fn error_answers_say_connection_close() {
+    let (_b, p) = proxy_with_backend();
+    let (r, closed) = exchange_raw(&p, b"GET / HTTP/1.1\r\n\r\n");
+    assert_eq!(r.status, 400);
+    assert!(r.says_close(), "{}", r.head);
+    assert!(closed);
+}
+
+#[test]
+fn does_not_answer_bytes_pipelined_after_a_rejected_request() {
+    let (b, p) = proxy_with_backend();
+    let mut c = p.client();
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\nGET /echo HTTP/1.1\r\nHost: a\r\n\r\n");
+    let r = c.read_response();
+    assert_eq!(r.status, 400);
+    assert!(
+        c.is_closed(),
+        "bytes after a rejected request were answered"
+    );
+    assert_eq!(b.requests(), 0);
+}
+
+#[test]
+fn survives_random_garbage() {
+    let (_b, mut p) = proxy_with_backend();
+    // A fixed pseudo-random sequence: reproducible failures.
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for _ in 0..20 {
+        let mut bytes = Vec::new();
+        for _ in 0..200 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            bytes.push(x as u8);
+        }
+        let mut c = p.client();
+        let _ = c.try_send(&bytes);
+        // Whatever the answer, the connection ends within the timeout.
+        let _ = c.read_rest();
+    }
+    assert_still_serves(&mut p);
+}
