@@ -297,6 +297,8 @@ pub fn pattern_byte(i: u64) -> u8 {
 /// | `/reset`             | resets the connection without answering                  |
 /// | `/reset-mid`         | head with Content-Length 100000, 1000 bytes, then reset  |
 /// | `/close-mid`         | head with Content-Length 100000, 1000 bytes, then FIN    |
+/// | `/then-close`       | a keep-alive answer, then a close 50 ms later            |
+/// | `/close-after/MS`    | a keep-alive answer, then a close MS ms later            |
 /// | `/garbage`           | bytes that are not HTTP, then close                       |
 /// | `/hop`               | hop-by-hop response headers beside `X-End: 1`            |
 /// | `/upgrade`           | 101, `welcome`, then echoes every byte                    |
@@ -583,6 +585,17 @@ fn handle(
                 rec.chunked
             );
             simple(out, "200 OK", body.as_bytes())
+        }
+        "then-close" | "close-after" => {
+            // A keep-alive answer, then the backend drops the connection
+            // anyway (as a backend whose idle timeout fired would).
+            simple(out, "200 OK", id.as_bytes())?;
+            thread::sleep(Duration::from_millis(if verb == "then-close" {
+                50
+            } else {
+                num
+            }));
+            Ok(false)
         }
         "slow" => {
             thread::sleep(Duration::from_millis(num));

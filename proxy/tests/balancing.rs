@@ -1,0 +1,223 @@
+//! Each load balancer's distribution, observed through real backends that
+//! answer with their id.
+
+mod common;
+
+use common::*;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+/// The backend ids answering `n` sequential requests on one connection.
+fn sequence(p: &Proxy, n: usize) -> Vec<String> {
+    let mut c = p.client();
+    (0..n)
+        .map(|_| {
+            let r = c.get("/");
+            assert_eq!(r.status, 200, "{}", r.head);
+            r.text()
+        })
+        .collect()
+}
+
+fn counts(seq: &[String]) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for id in seq {
+        *m.entry(id.clone()).or_default() += 1;
+    }
+    m
+}
+
+#[test]
+fn round_robin_spreads_evenly() {
+    let bs: Vec<Backend> = ["a", "b", "c"]
+        .iter()
+        .map(|id| Backend::start(id))
+        .collect();
+    let addrs: Vec<_> = bs.iter().map(|b| b.addr).collect();
+    let p = Cfg::new(&addrs).balancer("round_robin").start();
+    let seq = sequence(&p, 30);
+    let m = counts(&seq);
+    for id in ["a", "b", "c"] {
+        assert_eq!(m.get(id), Some(&10), "{seq:?}");
+    }
+    // And in turn: no backend twice in a row.
+    assert!(seq.windows(2).all(|w| w[0] != w[1]), "{seq:?}");
+}
+
+#[test]
+fn round_robin_spreads_requests_from_separate_connections() {
+    let bs: Vec<Backend> = ["a", "b"].iter().map(|id| Backend::start(id)).collect();
+    let addrs: Vec<_> = bs.iter().map(|b| b.addr).collect();
+    let p = Cfg::new(&addrs).balancer("round_robin").start();
+    let seq: Vec<String> = (0..10).map(|_| p.client().get("/").text()).collect();
+    let m = counts(&seq);
+    assert_eq!(m.get("a"), Some(&5), "{seq:?}");
+    assert_eq!(m.get("b"), Some(&5), "{seq:?}");
+}
+
+#[test]
+fn weight_5_1_1_gives_smooth_sequence() {
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let c = Backend::start("c");
+    let p = Cfg::weighted(&[(a.addr, 5), (b.addr, 1), (c.addr, 1)])
+        .balancer("weight")
+        .start();
+    let seq = sequence(&p, 14);
+    let want: Vec<&str> = "a a b a c a a a a b a c a a".split(' ').collect();
+    assert_eq!(seq, want);
+}
+
+#[test]
+fn least_conn_avoids_backend_holding_requests() {
+    let slow = Backend::start("slow");
+    let fast = Backend::start("fast");
+    let p = Cfg::new(&[slow.addr, fast.addr])
+        .balancer("least_conn")
+        .start();
+    // Park one request on the slow backend (a /hold there never answers
+    // until released; one that lands on the fast one is held too, so
+    // release nothing and retry on a new connection until slow holds one).
+    let mut holders = Vec::new();
+    for _ in 0..4 {
+        let mut c = p.client();
+        c.send(b"GET /hold HTTP/1.1\r\nHost: a\r\n\r\n");
+        holders.push(c);
+        wait_until("the held request to arrive", || {
+            slow.active() + fast.active() == holders.len()
+        });
+        if slow.active() > fast.active() {
+            break;
+        }
+    }
+    let (s0, f0) = (slow.active(), fast.active());
+    assert!(
+        s0 > f0,
+        "least_conn never put more on one backend ({s0} vs {f0})"
+    );
+    let slow_before = slow.requests();
+    // Every new request goes to the backend with fewer requests in flight.
+    let mut c = p.client();
+    for _ in 0..20 {
+        let r = c.get("/");
+        assert_eq!(r.text(), "fast");
+    }
+    assert_eq!(slow.requests(), slow_before);
+    slow.release();
+    fast.release();
+    for mut h in holders {
+        assert_eq!(h.read_response().status, 200);
+    }
+}
+
+#[test]
+fn least_conn_uses_every_backend_when_idle() {
+    let bs: Vec<Backend> = ["a", "b", "c"]
+        .iter()
+        .map(|id| Backend::start(id))
+        .collect();
+    let addrs: Vec<_> = bs.iter().map(|b| b.addr).collect();
+    let p = Cfg::new(&addrs).balancer("least_conn").start();
+    let m = counts(&sequence(&p, 30));
+    for id in ["a", "b", "c"] {
+        assert!(m.get(id).copied().unwrap_or(0) > 0, "{m:?}");
+    }
+}
+
+/// Source addresses 127.0.0.2 ..= 127.0.0.50.
+fn sources() -> Vec<IpAddr> {
+    (2..=50)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i)))
+        .collect()
+}
+
+/// The backend each source address lands on (asserting it is stable over
+/// three connections).
+fn ip_map(p: &Proxy) -> Vec<String> {
+    sources()
+        .into_iter()
+        .map(|src| {
+            let ids: Vec<String> = (0..3)
+                .map(|_| {
+                    let mut c = Client::connect_from(p.addr, src);
+                    let r = c.get("/");
+                    assert_eq!(r.status, 200);
+                    r.text()
+                })
+                .collect();
+            assert!(ids.iter().all(|i| *i == ids[0]), "{src} moved: {ids:?}");
+            ids[0].clone()
+        })
+        .collect()
+}
+
+#[test]
+fn ip_hash_keeps_each_client_on_one_backend_and_spreads_clients() {
+    let bs: Vec<Backend> = ["a", "b", "c"]
+        .iter()
+        .map(|id| Backend::start(id))
+        .collect();
+    let addrs: Vec<_> = bs.iter().map(|b| b.addr).collect();
+    let p = Cfg::new(&addrs).balancer("ip_hash").start();
+    let map = ip_map(&p);
+    let m = counts(&map);
+    // 49 clients over 3 backends: each gets some (about 16).
+    for id in ["a", "b", "c"] {
+        assert!(m.get(id).copied().unwrap_or(0) >= 5, "{m:?}");
+    }
+}
+
+#[test]
+fn ip_hash_same_client_same_backend_across_requests_on_one_connection() {
+    let bs: Vec<Backend> = ["a", "b", "c"]
+        .iter()
+        .map(|id| Backend::start(id))
+        .collect();
+    let addrs: Vec<_> = bs.iter().map(|b| b.addr).collect();
+    let p = Cfg::new(&addrs).balancer("ip_hash").start();
+    let seq = sequence(&p, 20);
+    assert!(seq.iter().all(|i| *i == seq[0]), "{seq:?}");
+}
+
+#[test]
+fn ip_hash_removing_a_backend_moves_only_its_clients() {
+    let bs: Vec<Backend> = ["a", "b", "c"]
+        .iter()
+        .map(|id| Backend::start(id))
+        .collect();
+    let addrs: Vec<_> = bs.iter().map(|b| b.addr).collect();
+    let before = {
+        let p = Cfg::new(&addrs).balancer("ip_hash").start();
+        ip_map(&p)
+    };
+    let after = {
+        let p = Cfg::new(&addrs[..2]).balancer("ip_hash").start();
+        ip_map(&p)
+    };
+    let mut moved = Vec::new();
+    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+        if b != "c" && b != a {
+            moved.push(format!("127.0.0.{}: {b} -> {a}", i + 2));
+        }
+    }
+    assert!(
+        moved.is_empty(),
+        "clients of the remaining backends moved: {moved:?}"
+    );
+    assert!(after.iter().all(|a| a != "c"));
+}
+
+#[test]
+fn p2c_prefers_fast_backend() {
+    let fast = Backend::start("fast");
+    let slow = Backend::start_with_delay("slow", Duration::from_millis(40));
+    let p = Cfg::new(&[fast.addr, slow.addr]).balancer("p2c").start();
+    let seq = sequence(&p, 60);
+    let m = counts(&seq);
+    let (f, s) = (
+        m.get("fast").copied().unwrap_or(0),
+        m.get("slow").copied().unwrap_or(0),
+    );
+    assert!(f >= 4 * s.max(1), "fast {f}, slow {s}: {seq:?}");
+}

@@ -1,0 +1,151 @@
+//! Keep-alive on both sides: client connections carry many requests, and
+//! upstream connections are pooled and reused instead of reopened.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+#[test]
+fn sequential_requests_on_one_client_connection_reuse_one_upstream_connection() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    for i in 0..10_000 {
+        let r = c.get("/");
+        assert_eq!(r.status, 200, "request {i}: {}", r.head);
+        assert_eq!(r.body, b"a");
+        assert!(!r.says_close(), "request {i}: {}", r.head);
+    }
+    assert_eq!(b.requests(), 10_000);
+    assert_eq!(b.connections(), 1);
+}
+
+#[test]
+fn concurrent_clients_use_at_most_one_upstream_connection_each() {
+    const K: usize = 4;
+    const PER_CLIENT: usize = 2_500;
+    let b = Backend::start("a");
+    let mut cfg = Cfg::new(&[b.addr]);
+    cfg.keepalive = 8; // K ≤ keepalive
+    let p = cfg.start();
+    let addr = p.addr;
+    let threads: Vec<_> = (0..K)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                for _ in 0..PER_CLIENT {
+                    assert_eq!(c.get("/").status, 200);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client thread");
+    }
+    assert_eq!(b.requests(), K * PER_CLIENT);
+    assert!(
+        b.connections() <= K,
+        "{} upstream connections for {K} clients",
+        b.connections()
+    );
+}
+
+#[test]
+fn new_client_connections_reuse_pooled_upstream_connection() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    for _ in 0..50 {
+        let mut c = p.client();
+        assert_eq!(c.get("/").status, 200);
+    }
+    assert_eq!(b.requests(), 50);
+    assert_eq!(b.connections(), 1);
+}
+
+#[test]
+fn upstream_connection_closed_by_backend_is_not_reused() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    // The backend closes after an HTTP/1.0-style answer to Connection: close;
+    // the proxy must open a new upstream connection for the next request.
+    c.send(b"GET /until-close/10 HTTP/1.1\r\nHost: a\r\n\r\n");
+    let r = c.read_response();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), 10);
+    // Read-until-close bodies end with the client connection too.
+    assert!(c.is_closed());
+    let mut c = p.client();
+    for _ in 0..3 {
+        assert_eq!(c.get("/").status, 200);
+    }
+    assert_eq!(b.connections(), 2);
+}
+
+#[test]
+fn backend_closing_an_idle_pooled_connection_is_not_an_error() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    // A keep-alive answer, after which the backend closes the idle connection.
+    let r = c.get("/then-close");
+    assert_eq!(r.status, 200);
+    std::thread::sleep(Duration::from_millis(200));
+    for _ in 0..3 {
+        let r = c.get("/");
+        assert_eq!(r.status, 200, "{}", r.head);
+    }
+    assert_eq!(b.connections(), 2);
+}
+
+#[test]
+fn pooled_connection_closed_by_backend_at_the_same_moment_is_retried() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    // The backend closes right after answering: the next request races the
+    // FIN and may be written to the dead pooled connection; the proxy must
+    // retry it on a fresh one (GET, nothing answered yet).
+    for i in 0..50 {
+        let r = c.get("/close-after/0");
+        assert_eq!(r.status, 200, "request {i}: {}", r.head);
+    }
+}
+
+#[test]
+fn client_keep_alive_connection_stays_open_between_requests() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    assert_eq!(c.get("/").status, 200);
+    assert!(c.stays_open(Duration::from_millis(300)));
+    assert_eq!(c.get("/").status, 200);
+}
+
+#[test]
+fn connection_close_from_client_closes_after_response() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    let r = c.read_response();
+    assert_eq!(r.status, 200);
+    assert!(r.says_close(), "{}", r.head);
+    assert!(c.is_closed());
+}
+
+#[test]
+fn idle_client_connection_closes_after_idle_timeout() {
+    let b = Backend::start("a");
+    let yaml = Cfg::new(&[b.addr])
+        .yaml()
+        .replace("idle_timeout: 30s", "idle_timeout: 300ms");
+    let p = Proxy::start(&yaml);
+    let mut c = p.client();
+    assert_eq!(c.get("/").status, 200);
+    let rest = c
+        .read_rest()
+        .expect("closed by the proxy within the client timeout");
+    assert!(rest.is_empty());
+}
