@@ -29,7 +29,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEERS = os.path.join(ROOT, "ci", "peers")
 TICK = os.sysconf("SC_CLK_TCK")
-BACKEND_PORT, PORTS = 18000, {"speedmimi": 18001, "nginx": 18002, "haproxy": 18003}
+BACKEND_PORT = 18000
+PORTS = {"speedmimi": 18001, "nginx": 18002, "haproxy": 18003, "speedmimi-b": 18004}
 
 
 def ensure_tools():
@@ -162,6 +163,8 @@ def main():
     ap.add_argument("--idle", type=int, default=15000)
     ap.add_argument("--proxies", default="speedmimi,nginx,haproxy")
     ap.add_argument("--speedmimi", default=os.path.join(ROOT, "target", "release", "speedmimi"))
+    ap.add_argument("--speedmimi-b", help="a second speedmimi binary: add 'speedmimi-b' to "
+                    "--proxies for an interleaved A/B comparison of two builds")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args()
     ensure_tools()
@@ -187,9 +190,10 @@ def main():
         names = args.proxies.split(",")
         for name in names:
             port = PORTS[name]
-            if name == "speedmimi":
-                conf = render("speedmimi.yaml", work, "speedmimi.yaml", port)
-                cmd = [args.speedmimi, "--config", conf]
+            if name.startswith("speedmimi"):
+                conf = render("speedmimi.yaml", work, f"{name}.yaml", port)
+                binary = args.speedmimi_b if name == "speedmimi-b" else args.speedmimi
+                cmd = [binary, "--config", conf]
             elif name == "nginx":
                 conf = render("nginx-proxy.conf", work, "nginx-proxy.conf", port)
                 cmd = ["nginx", "-c", conf, "-p", work, "-g", "daemon off;"]
@@ -244,7 +248,7 @@ def main():
     print()
     for conns in args.conns.split(","):
         me = summary.get(f"speedmimi@{conns}")
-        for peer in ("nginx", "haproxy"):
+        for peer in ("nginx", "haproxy", "speedmimi-b"):
             other = summary.get(f"{peer}@{conns}")
             if me and other:
                 print(f"speedmimi/{peer:8} c={conns:<5} req/s x{me['rps'] / other['rps']:.2f}   "
