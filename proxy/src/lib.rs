@@ -8,6 +8,7 @@
 pub mod balancer;
 pub mod buffer;
 pub mod config;
+pub mod control;
 pub mod http;
 pub mod server;
 pub mod stats;

@@ -1,0 +1,101 @@
+//! The control plane's view of the data plane: snapshots of counters and
+//! backends, and the one door through which configuration changes enter.
+//!
+//! The admin API (`admin/`) talks only to `ControlPlane`; the server
+//! (single process or master + worker processes) implements it. Nothing here
+//! runs on an event loop.
+
+use crate::config::{Config, RawConfig};
+
+/// Latency histogram bucket upper bounds, in seconds (Prometheus `le`).
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// A latency histogram: counts per bucket of `LATENCY_BUCKETS` (not
+/// cumulative), plus the overflow bucket (+Inf) last.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Histogram {
+    pub counts: Vec<u64>,
+    pub sum_seconds: f64,
+}
+
+/// Counters of the whole server or of one event loop.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Counters {
+    pub connections_current: i64,
+    pub connections_total: u64,
+    /// Turned away with 503 because max_conn was reached.
+    pub connections_refused: u64,
+    pub requests: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub upstream_connects: u64,
+    pub upstream_reuses: u64,
+    pub upstream_retries: u64,
+    /// Answers the proxy produced itself: (kind, status, count), every kind listed.
+    pub errors: Vec<(&'static str, u16, u64)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerSnapshot {
+    /// Worker process index (0 when there are no worker processes).
+    pub process: usize,
+    pub pid: u32,
+    /// Event loop index within the process.
+    pub event_loop: usize,
+    pub counters: Counters,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerSnapshot {
+    pub uptime_seconds: f64,
+    /// Requests per second over the last few seconds.
+    pub requests_per_second: f64,
+    /// Resident memory of the proxy (all its processes), bytes.
+    pub rss_bytes: u64,
+    pub processes: usize,
+    pub total: Counters,
+    pub workers: Vec<WorkerSnapshot>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendSnapshot {
+    pub addr: String,
+    pub weight: u32,
+    /// "up", "probing", "down", or "draining" (removed, requests in flight).
+    pub health: &'static str,
+    pub active: i64,
+    pub requests: u64,
+    pub failures: u64,
+    /// Peak-EWMA response latency in milliseconds (0 when no sample yet).
+    pub latency_ewma_ms: f64,
+    /// Responses by status class: index 0 = 1xx … 4 = 5xx.
+    pub responses: [u64; 5],
+    /// Time to establish a backend connection.
+    pub connect_latency: Histogram,
+    /// Time from sending the request to the response head.
+    pub response_latency: Histogram,
+}
+
+/// Why a configuration change was refused. Nothing was changed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApplyError {
+    /// Dotted path of the offending field, when there is one.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+/// What the admin API may ask of the server.
+pub trait ControlPlane: Send + Sync + 'static {
+    /// The configuration now in force (as the file / JSON shape).
+    fn raw_config(&self) -> RawConfig;
+    /// Applies an already validated configuration to every event loop of
+    /// every worker process, or to none of them. Returns once all have it
+    /// (bounded wait).
+    fn apply(&self, raw: RawConfig, config: Config) -> Result<(), ApplyError>;
+    fn server(&self) -> ServerSnapshot;
+    /// Backends of one upstream, or `None` when there is no such upstream.
+    fn backends(&self, upstream: &str) -> Option<Vec<BackendSnapshot>>;
+    fn upstreams(&self) -> Vec<String>;
+}
