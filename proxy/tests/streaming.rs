@@ -1,0 +1,405 @@
+//! Bodies stream through without being buffered whole, in both directions
+//! and every framing; broken responses end the client connection; HTTP/1.0
+//! clients, pipelining, HEAD/204/304 and 100-continue.
+
+mod common;
+
+use common::*;
+
+const MB: u64 = 1024 * 1024;
+const BIG: u64 = 100 * MB;
+/// Peak proxy RSS allowed while 100 MB stream through it.
+const RSS_LIMIT: u64 = 64 * MB;
+
+/// Writes `n` pattern bytes to the client, raw or as chunks.
+fn send_pattern(c: &mut Client, n: u64, chunked: bool) {
+    const PIECE: usize = 256 * 1024;
+    let block: Vec<u8> = (0..(PIECE + 251) as u64).map(pattern_byte).collect();
+    let mut sent = 0u64;
+    while sent < n {
+        let len = (n - sent).min(PIECE as u64) as usize;
+        let off = (sent % 251) as usize;
+        let data = &block[off..off + len];
+        if chunked {
+            c.send(format!("{len:x}\r\n").as_bytes());
+            c.send(data);
+            c.send(b"\r\n");
+        } else {
+            c.send(data);
+        }
+        sent += len as u64;
+    }
+    if chunked {
+        c.send(b"0\r\n\r\n");
+    }
+}
+
+fn upload(chunked: bool) {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let sampler = RssSampler::start(p.pid());
+    let mut c = p.client();
+    let framing = if chunked {
+        "Transfer-Encoding: chunked".to_string()
+    } else {
+        format!("Content-Length: {BIG}")
+    };
+    c.send(format!("POST /upload HTTP/1.1\r\nHost: a\r\n{framing}\r\n\r\n").as_bytes());
+    send_pattern(&mut c, BIG, chunked);
+    let r = c.read_response();
+    let peak = sampler.finish();
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(r.text(), format!("len={BIG} pattern=ok chunked={chunked}"));
+    eprintln!(
+        "upload (chunked={chunked}): peak proxy RSS {} KiB",
+        peak / 1024
+    );
+    assert!(peak > 0, "RSS was never sampled");
+    assert!(peak < RSS_LIMIT, "proxy RSS reached {} MiB", peak / MB);
+    // The connection is still usable.
+    assert_eq!(c.get("/").status, 200);
+}
+
+#[test]
+fn streams_100mb_upload_with_content_length_in_bounded_memory() {
+    upload(false);
+}
+
+#[test]
+fn streams_100mb_chunked_upload_in_bounded_memory() {
+    upload(true);
+}
+
+#[test]
+fn streams_100mb_download_in_bounded_memory() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let sampler = RssSampler::start(p.pid());
+    let mut c = p.client();
+    c.send(format!("GET /download/{BIG} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes());
+    let (r, len, pattern_ok) = c.read_response_counting();
+    let peak = sampler.finish();
+    assert_eq!(r.status, 200);
+    assert_eq!(len, BIG);
+    assert!(pattern_ok, "the body arrived altered");
+    eprintln!("download: peak proxy RSS {} KiB", peak / 1024);
+    assert!(peak > 0, "RSS was never sampled");
+    assert!(peak < RSS_LIMIT, "proxy RSS reached {} MiB", peak / MB);
+    assert_eq!(c.get("/").status, 200);
+}
+
+#[test]
+fn relays_slow_backend_body_whole() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    let r = c.get("/trickle/10");
+    assert_eq!(r.status, 200);
+    let want: Vec<u8> = (0..1000).map(pattern_byte).collect();
+    assert_eq!(r.body, want);
+    assert_eq!(c.get("/").status, 200);
+}
+
+#[test]
+fn relays_slow_backend_answer_within_read_timeout() {
+    let b = Backend::start("a");
+    let mut cfg = Cfg::new(&[b.addr]);
+    cfg.upstream_read_timeout = "3s";
+    let p = cfg.start();
+    let mut c = p.client();
+    let r = c.get("/slow/300");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "a");
+}
+
+#[test]
+fn closes_client_when_backend_resets_mid_response() {
+    let b = Backend::start("a");
+    let mut p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    c.send(b"GET /reset-mid HTTP/1.1\r\nHost: a\r\n\r\n");
+    // The head (Content-Length 100000) and 1000 bytes came through; the rest
+    // never will: the client must see the connection end, not hang on a
+    // keep-alive connection and not get a response that looks whole.
+    let res = c.try_read_response(false);
+    match res {
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+            ),
+            "expected the connection to end, got {e}"
+        ),
+        Ok(r) => panic!(
+            "a truncated response looked whole: {} ({} bytes)",
+            r.head,
+            r.body.len()
+        ),
+    }
+    assert_still_serves(&mut p);
+}
+
+#[test]
+fn closes_client_when_backend_closes_mid_response() {
+    let b = Backend::start("a");
+    let mut p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    c.send(b"GET /close-mid HTTP/1.1\r\nHost: a\r\n\r\n");
+    let res = c.try_read_response(false);
+    match res {
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+            ),
+            "expected the connection to end, got {e}"
+        ),
+        Ok(r) => panic!(
+            "a truncated response looked whole: {} ({} bytes)",
+            r.head,
+            r.body.len()
+        ),
+    }
+    assert_still_serves(&mut p);
+}
+
+#[test]
+fn answers_pipelined_requests_in_order() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    // The first is the slowest: its answer must still come first.
+    c.send(
+        b"GET /slow/200?n=1 HTTP/1.1\r\nHost: a\r\n\r\n\
+          GET /echo?n=2 HTTP/1.1\r\nHost: a\r\n\r\n\
+          GET /echo?n=3 HTTP/1.1\r\nHost: a\r\n\r\n",
+    );
+    let r1 = c.read_response();
+    let r2 = c.read_response();
+    let r3 = c.read_response();
+    assert_eq!((r1.status, r2.status, r3.status), (200, 200, 200));
+    assert_eq!(r1.text(), "a");
+    assert!(r2.text().contains("GET /echo?n=2 "), "{}", r2.text());
+    assert!(r3.text().contains("GET /echo?n=3 "), "{}", r3.text());
+    assert!(c.stays_open(std::time::Duration::from_millis(100)));
+}
+
+#[test]
+fn answers_pipelined_requests_with_bodies_in_order() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    c.send(
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\none\
+          POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\ntwo\r\n0\r\n\r\n\
+          GET /echo?n=3 HTTP/1.1\r\nHost: a\r\n\r\n",
+    );
+    let r1 = c.read_response();
+    let r2 = c.read_response();
+    let r3 = c.read_response();
+    assert!(r1.text().ends_with("one"), "{}", r1.text());
+    assert!(r2.text().ends_with("two"), "{}", r2.text());
+    assert!(r3.text().contains("GET /echo?n=3 "), "{}", r3.text());
+}
+
+#[test]
+fn closes_http10_connection_without_keep_alive() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    c.send(b"GET / HTTP/1.0\r\n\r\n");
+    let r = c.read_response();
+    assert_eq!(r.status, 200);
+    assert!(r.version.starts_with("HTTP/1."), "{}", r.head);
+    assert_eq!(r.text(), "a");
+    assert!(
+        c.is_closed(),
+        "an HTTP/1.0 connection without keep-alive stayed open"
+    );
+}
+
+#[test]
+fn keeps_http10_connection_alive_when_asked() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    for _ in 0..3 {
+        c.send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        let r = c.read_response();
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.header("connection")
+                .map(str::to_ascii_lowercase)
+                .as_deref(),
+            Some("keep-alive"),
+            "{}",
+            r.head
+        );
+    }
+}
+
+#[test]
+fn dechunks_response_for_http10_client() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    c.send(b"GET /chunked/5000 HTTP/1.0\r\nHost: a\r\n\r\n");
+    let r = c.read_response();
+    assert_eq!(r.status, 200);
+    assert!(
+        !r.chunked,
+        "chunked coding sent to an HTTP/1.0 client: {}",
+        r.head
+    );
+    assert!(!r.has_header("transfer-encoding"), "{}", r.head);
+    let want: Vec<u8> = (0..5000).map(pattern_byte).collect();
+    assert_eq!(r.body, want);
+}
+
+#[test]
+fn relays_chunked_response_to_http11_client() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    let r = c.get("/chunked/5000");
+    assert_eq!(r.status, 200);
+    let want: Vec<u8> = (0..5000).map(pattern_byte).collect();
+    assert_eq!(r.body, want);
+    assert_eq!(
+        c.get("/").status,
+        200,
+        "keep-alive after a chunked response"
+    );
+}
+
+#[test]
+fn relays_read_until_close_response_and_closes() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    c.send(b"GET /until-close/70000 HTTP/1.1\r\nHost: a\r\n\r\n");
+    let r = c.read_response(); // no length: read until the close
+    assert_eq!(r.status, 200);
+    let want: Vec<u8> = (0..70000).map(pattern_byte).collect();
+    assert_eq!(r.body.len(), want.len());
+    assert_eq!(r.body, want);
+}
+
+#[test]
+fn head_response_has_no_body() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    c.send(b"HEAD /download/1000 HTTP/1.1\r\nHost: a\r\n\r\n");
+    let r = c.read_head_response();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some("1000"));
+    // Had the proxy sent (or waited for) a body, this would not parse.
+    let r = c.get("/echo");
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert!(r.text().starts_with("a\nGET /echo "), "{}", r.text());
+}
+
+#[test]
+fn head_response_to_chunked_resource_has_no_body() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    c.send(b"HEAD /chunked/1000 HTTP/1.1\r\nHost: a\r\n\r\n");
+    let r = c.read_head_response();
+    assert_eq!(r.status, 200);
+    let r = c.get("/echo");
+    assert_eq!(r.status, 200, "{}", r.head);
+}
+
+#[test]
+fn no_content_204_has_no_body() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    let r = c.get("/status/204");
+    assert_eq!(r.status, 204);
+    assert!(!r.has_header("transfer-encoding"), "{}", r.head);
+    let r = c.get("/echo");
+    assert_eq!(r.status, 200, "{}", r.head);
+}
+
+#[test]
+fn not_modified_304_has_no_body() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    let r = c.get("/status/304");
+    assert_eq!(r.status, 304);
+    let r = c.get("/echo");
+    assert_eq!(r.status, 200, "{}", r.head);
+}
+
+#[test]
+fn relays_backend_error_statuses_unchanged() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    for code in [404u16, 500] {
+        let r = c.get(&format!("/status/{code}"));
+        assert_eq!(r.status, code);
+        assert_eq!(r.text(), "a");
+    }
+}
+
+#[test]
+fn relays_expect_100_continue() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    c.send(b"POST /echo HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n");
+    // The body goes only after the backend's go-ahead came through.
+    let interim = c.read_response();
+    assert_eq!(interim.status, 100, "{}", interim.head);
+    c.send(b"hello");
+    let r = c.read_response();
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert!(r.text().ends_with("hello"), "{}", r.text());
+    assert!(b
+        .last()
+        .head
+        .to_ascii_lowercase()
+        .contains("expect: 100-continue"));
+}
+
+#[test]
+fn http10_client_gets_no_interim_100() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    c.send(
+        b"POST /echo HTTP/1.0\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\nhello",
+    );
+    let r = c.read_response();
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert!(r.text().ends_with("hello"));
+}
+
+#[test]
+fn request_body_is_forwarded_intact() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    let n = 300_000u64;
+    c.send(format!("POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: {n}\r\n\r\n").as_bytes());
+    send_pattern(&mut c, n, false);
+    let r = c.read_response();
+    assert_eq!(r.text(), format!("len={n} pattern=ok chunked=false"));
+    assert_eq!(b.last().body.len(), 64 * 1024); // first 64 KiB kept
+}
+
+#[test]
+fn client_leaving_mid_body_does_not_disturb_others() {
+    let b = Backend::start("a");
+    let mut p = Cfg::new(&[b.addr]).start();
+    {
+        let mut c = p.client();
+        c.send(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\nabc");
+    } // dropped mid-body
+    assert_still_serves(&mut p);
+}
