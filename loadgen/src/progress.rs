@@ -60,7 +60,8 @@ impl Progress {
                 if by_requests {
                     bar.set_position(self.requests);
                 } else {
-                    bar.set_position(iv.index + 1);
+                    let len = bar.length().unwrap_or(u64::MAX);
+                    bar.set_position((iv.index + 1).min(len));
                 }
                 bar.set_message(line);
             }
