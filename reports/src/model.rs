@@ -1,0 +1,343 @@
+//! The results model: what a bench run writes (DIR/results.json and DIR/intervals.csv)
+//! and what the report reads back. One versioned schema, `speedmimi.bench/v1`,
+//! documented field by field in docs/reports.md.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The schema tag every results.json carries. Additive fields keep the tag;
+/// a renamed or re-meant field bumps it.
+pub const SCHEMA: &str = "speedmimi.bench/v1";
+
+/// File names inside a run directory.
+pub const RESULTS_FILE: &str = "results.json";
+pub const INTERVALS_FILE: &str = "intervals.csv";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(
+        "cannot read {path}: {source} (run `loadgen bench` first, or point at a run directory)"
+    )]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source} (check the directory exists and is writable)")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid results JSON: {source}")]
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{path} has schema {found:?}; this build reads {SCHEMA:?} (re-run the bench or use a matching build)")]
+    Schema { path: PathBuf, found: String },
+    #[error("{path}: bad intervals CSV: {source}")]
+    Csv { path: PathBuf, source: csv::Error },
+}
+
+/// One bench run: the machine, the scenario, the targets it measured and every step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchRun {
+    pub schema: String,
+    pub scenario: String,
+    /// RFC 3339 UTC time the run started, when the runner knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// Free text shown at the top of the report (e.g. "FIXTURE: synthetic numbers").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    pub env: Env,
+    pub targets: Vec<TargetInfo>,
+    pub steps: Vec<Step>,
+}
+
+/// The machine the run happened on (also written alone as DIR/env.json by the runner).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Env {
+    pub cpu_model: String,
+    /// Logical CPUs online.
+    pub cores: u32,
+    /// MemTotal, bytes.
+    pub memory_bytes: u64,
+    /// `uname -r`.
+    pub kernel: String,
+    /// Bytes per page, to turn /proc/net/sockstat `mem` pages into bytes.
+    #[serde(default = "default_page_size")]
+    pub page_size: u64,
+    /// Program name -> version string (speedmimi, loadgen, nginx, haproxy, rustc, ...).
+    #[serde(default)]
+    pub versions: BTreeMap<String, String>,
+    /// `tuner show --json`, kept as is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tuner: Option<serde_json::Value>,
+}
+
+fn default_page_size() -> u64 {
+    4096
+}
+
+/// A proxy under test.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetInfo {
+    /// Name used in `Step::target` and in legends (unique within a run).
+    pub name: String,
+    /// speedmimi, nginx, haproxy, ...
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// N connections, each sending as fast as answers come back.
+    Closed,
+    /// A fixed request rate, latency measured from the intended send time.
+    Open,
+    /// Open N connections at a rate, keep them, send one request each every T seconds.
+    Hold,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Closed => "closed",
+            Mode::Open => "open",
+            Mode::Hold => "hold",
+        }
+    }
+}
+
+/// One step of one target: the load asked for, what came back, what it cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    /// `TargetInfo::name`.
+    pub target: String,
+    /// Interleaved repeat number (A B A B ...), 0 when the scenario runs each step once.
+    #[serde(default)]
+    pub round: u32,
+    /// Index of the step in the scenario, from 0.
+    pub step: u32,
+    /// Connections asked for.
+    pub connections: u64,
+    /// Most connections open at once during the step.
+    pub peak_open: u64,
+    pub mode: Mode,
+    /// Open: requests/s asked for. Hold: new connections/s. Closed: absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
+    pub duration_s: f64,
+    /// Completed requests (a response fully read).
+    pub requests: u64,
+    pub rps: f64,
+    pub latency_us: Latency,
+    pub errors: Errors,
+    pub proxy: ProcessUsage,
+    /// All backends summed, when the runner started them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<ProcessUsage>,
+    pub kernel: KernelMemory,
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p75: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+/// Error counts by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Errors {
+    pub connect: u64,
+    pub read: u64,
+    pub write: u64,
+    pub timeout: u64,
+    pub status_4xx: u64,
+    pub status_5xx: u64,
+}
+
+impl Errors {
+    pub fn total(&self) -> u64 {
+        self.connect + self.read + self.write + self.timeout + self.status_4xx + self.status_5xx
+    }
+}
+
+/// CPU and memory of a process group (the proxy's master and workers, or the backends),
+/// from /proc/PID/stat and /proc/PID/status.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct ProcessUsage {
+    /// utime + stime spent during the step, seconds.
+    pub cpu_seconds: f64,
+    /// cpu_seconds * 1e6 / requests (0 when no request completed).
+    #[serde(default)]
+    pub cpu_us_per_request: f64,
+    /// Highest RSS sampled during the step, bytes.
+    pub rss_peak_bytes: u64,
+    /// RSS at the end of the step, bytes.
+    pub rss_end_bytes: u64,
+}
+
+/// Kernel TCP socket memory: /proc/net/sockstat `TCP: ... mem N` (pages) times the page size.
+/// Whole host (or network namespace): on one box it also counts the load generator's
+/// and the backends' sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct KernelMemory {
+    /// Before the step started, bytes.
+    #[serde(default)]
+    pub sock_mem_bytes_start: u64,
+    pub sock_mem_bytes_peak: u64,
+    pub sock_mem_bytes_end: u64,
+}
+
+impl Step {
+    /// Proxy CPU in cores busy on average (1.0 = one core fully used).
+    pub fn proxy_cores_busy(&self) -> f64 {
+        if self.duration_s > 0.0 {
+            self.proxy.cpu_seconds / self.duration_s
+        } else {
+            0.0
+        }
+    }
+
+    /// Requests/s per core the proxy actually used; None when it used no measurable CPU.
+    pub fn rps_per_busy_core(&self) -> Option<f64> {
+        let cores = self.proxy_cores_busy();
+        (cores > 1e-3 && self.rps > 0.0).then(|| self.rps / cores)
+    }
+
+    /// Kernel socket memory grown during the step plus the proxy's peak RSS, bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.kernel
+            .sock_mem_bytes_peak
+            .saturating_sub(self.kernel.sock_mem_bytes_start)
+            + self.proxy.rss_peak_bytes
+    }
+}
+
+/// One sampling interval (normally one second) of one step: a row of intervals.csv.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Interval {
+    pub target: String,
+    #[serde(default)]
+    pub round: u32,
+    pub step: u32,
+    /// Seconds since the step started, at the end of the interval.
+    pub t_s: f64,
+    pub rps: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub open_connections: u64,
+    pub errors: u64,
+    /// Proxy CPU over the interval, percent of one core (200 = two cores busy).
+    pub proxy_cpu_percent: f64,
+    pub proxy_rss_bytes: u64,
+    pub sock_mem_bytes: u64,
+}
+
+/// A run directory's contents.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunData {
+    pub run: BenchRun,
+    /// Empty when intervals.csv is absent.
+    pub intervals: Vec<Interval>,
+}
+
+impl BenchRun {
+    /// Steps of one target, in file order.
+    pub fn steps_of<'a>(&'a self, target: &'a str) -> impl Iterator<Item = &'a Step> + 'a {
+        self.steps.iter().filter(move |s| s.target == target)
+    }
+}
+
+pub fn read_results(path: &Path) -> Result<BenchRun, ModelError> {
+    let text = fs::read_to_string(path).map_err(|source| ModelError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    // Check the tag first so an old or foreign file gets a schema message, not a field error.
+    let probe: serde_json::Value =
+        serde_json::from_str(&text).map_err(|source| ModelError::Json {
+            path: path.to_owned(),
+            source,
+        })?;
+    let found = probe.get("schema").and_then(|v| v.as_str()).unwrap_or("");
+    if found != SCHEMA {
+        return Err(ModelError::Schema {
+            path: path.to_owned(),
+            found: found.to_owned(),
+        });
+    }
+    serde_json::from_value(probe).map_err(|source| ModelError::Json {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+pub fn write_results(path: &Path, run: &BenchRun) -> Result<(), ModelError> {
+    let mut text = serde_json::to_string_pretty(run).map_err(|source| ModelError::Json {
+        path: path.to_owned(),
+        source,
+    })?;
+    text.push('\n');
+    fs::write(path, text).map_err(|source| ModelError::Write {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+pub fn read_intervals(path: &Path) -> Result<Vec<Interval>, ModelError> {
+    let mut reader = csv::Reader::from_path(path).map_err(|source| csv_error(path, source))?;
+    reader
+        .deserialize()
+        .collect::<Result<Vec<Interval>, _>>()
+        .map_err(|source| csv_error(path, source))
+}
+
+pub fn write_intervals(path: &Path, rows: &[Interval]) -> Result<(), ModelError> {
+    let mut writer = csv::Writer::from_path(path).map_err(|source| csv_error(path, source))?;
+    for row in rows {
+        writer
+            .serialize(row)
+            .map_err(|source| csv_error(path, source))?;
+    }
+    writer.flush().map_err(|source| ModelError::Write {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn csv_error(path: &Path, source: csv::Error) -> ModelError {
+    ModelError::Csv {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Reads DIR/results.json and, when present, DIR/intervals.csv.
+pub fn load_dir(dir: &Path) -> Result<RunData, ModelError> {
+    let run = read_results(&dir.join(RESULTS_FILE))?;
+    let intervals_path = dir.join(INTERVALS_FILE);
+    let intervals = if intervals_path.exists() {
+        read_intervals(&intervals_path)?
+    } else {
+        Vec::new()
+    };
+    Ok(RunData { run, intervals })
+}
+
+/// Writes DIR/results.json and DIR/intervals.csv.
+pub fn save_dir(dir: &Path, data: &RunData) -> Result<(), ModelError> {
+    write_results(&dir.join(RESULTS_FILE), &data.run)?;
+    write_intervals(&dir.join(INTERVALS_FILE), &data.intervals)
+}
