@@ -10,6 +10,7 @@ pub mod buffer;
 pub mod config;
 pub mod control;
 pub mod http;
+pub mod lifecycle;
 pub mod server;
 pub mod stats;
 pub mod timer;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use speedmimi::config::Config;
-use speedmimi::server::Server;
+use speedmimi::lifecycle;
 
 /// HTTP/1.1 reverse proxy and load balancer.
 #[derive(Parser)]
@@ -18,6 +18,12 @@ struct Cli {
     /// Validate the configuration and exit (0 valid, 1 invalid).
     #[arg(long)]
     check: bool,
+    /// Internal: run as worker process N of a master (see server.processes).
+    #[arg(long, hide = true)]
+    worker: Option<usize>,
+    /// Internal: the master's shared counter board.
+    #[arg(long, hide = true)]
+    board: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -29,8 +35,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let config = match Config::from_file(&cli.config) {
-        Ok(config) => config,
+    let (raw, config) = match Config::load(&cli.config) {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("speedmimi: {e}");
             return ExitCode::from(1);
@@ -40,18 +46,17 @@ fn main() -> ExitCode {
         println!("{}: ok", cli.config.display());
         return ExitCode::SUCCESS;
     }
-    let workers = config.server.workers;
-    let server = match Server::start(config) {
-        Ok(server) => server,
-        Err(e) => {
-            eprintln!("speedmimi: cannot start: {e}");
-            return ExitCode::from(1);
+    let result = match (cli.worker, cli.board) {
+        (Some(index), Some(board)) => {
+            lifecycle::run_worker(&cli.config, raw, config, index, &board)
         }
+        _ => lifecycle::run(&cli.config, raw, config, |addr, loops| {
+            // Scripts and tests read the bound address (port 0 resolves here).
+            println!("listening on {addr} ({loops} event loops)");
+            let _ = std::io::stdout().flush();
+        }),
     };
-    // Scripts and tests read the bound address (port 0 resolves here).
-    println!("listening on {} ({workers} event loops)", server.local_addr);
-    let _ = std::io::stdout().flush();
-    match server.wait() {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("speedmimi: {e}");

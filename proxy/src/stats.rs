@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 use crate::http::errors::Reject;
 
+/// `repr(C)`: it lives in the shared board (see `control::board`).
+#[repr(C)]
 #[derive(Debug, Default)]
 pub struct LoopStats {
     pub connections_total: AtomicU64,

@@ -180,6 +180,21 @@ impl Config {
         Config::from_yaml_str(&text, &origin)
     }
 
+    /// Reads a file into both shapes: the raw one (as written, for the admin
+    /// API and merge patches) and the validated one.
+    pub fn load(path: &Path) -> Result<(RawConfig, Config), ConfigError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: origin.clone(),
+            line: None,
+            field: String::new(),
+            message: format!("cannot read the configuration file: {e}"),
+        })?;
+        let raw = RawConfig::from_yaml_str(&text, &origin)?;
+        let config = validate(raw.clone(), &origin, Some(&text))?;
+        Ok((raw, config))
+    }
+
     /// Parses and validates YAML text; `origin` names it in errors (usually
     /// the file name).
     pub fn from_yaml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {

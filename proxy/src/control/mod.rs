@@ -5,6 +5,9 @@
 //! (single process or master + worker processes) implements it. Nothing here
 //! runs on an event loop.
 
+pub mod board;
+pub mod snapshot;
+
 use crate::config::{Config, RawConfig};
 
 /// Latency histogram bucket upper bounds, in seconds (Prometheus `le`).

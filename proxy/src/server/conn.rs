@@ -55,6 +55,7 @@ pub(super) struct UpstreamConn {
     /// The client this connection serves; `None` while in the pool.
     pub client: Option<usize>,
     pub connecting: bool,
+    pub connect_started: Instant,
     /// Taken from the keep-alive pool for the current request.
     pub reused: bool,
 }

@@ -11,10 +11,13 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
+use super::backends::ORPHAN;
 use super::conn::{ClientConn, Entry, Exchange, Phase, UpstreamConn, HUP, READABLE, WRITABLE};
+use super::listener;
 use crate::balancer::{new_balancer, Balancer};
 use crate::buffer::BufPool;
 use crate::config::{Config, Router, UpstreamConfig};
+use crate::control::board::{BackendCounters, Board};
 use crate::http::errors::Reject;
 use crate::http::request::Limits;
 use crate::stats::LoopStats;
@@ -23,6 +26,7 @@ use crate::upstream::pool::KeepAlivePool;
 use crate::upstream::UpstreamState;
 
 const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX - 2);
 /// Connections accepted per wake-up before other work gets a turn.
 const ACCEPT_BATCH: usize = 256;
 /// Free buffers of each size a quiet loop keeps; under load the pool keeps
@@ -31,6 +35,8 @@ const POOLED_BUFFERS: usize = 64;
 const POOLED_EXCHANGES: usize = 256;
 /// After an error answer, how long the connection may linger to drain input.
 pub(super) const LINGER: Duration = Duration::from_secs(2);
+/// How often a draining loop checks whether its last connection is gone.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
 
 /// The routing state of one loop, rebuilt from a configuration.
 pub(super) struct Routing {
@@ -43,11 +49,23 @@ pub(super) struct Routing {
     pub upstream_cfg: Vec<UpstreamConfig>,
     /// `ip:port` of each backend, the Host of HTTP/1.0 requests without one.
     pub backend_hosts: Vec<Vec<String>>,
+    /// Shared counters of each backend (see `control::board`).
+    pub counters: Vec<Vec<&'static BackendCounters>>,
 }
 
 impl Routing {
-    pub fn new(config: Arc<Config>) -> Routing {
+    pub fn new(config: Arc<Config>, board: &'static Board) -> Routing {
         let upstream_cfg: Vec<UpstreamConfig> = config.upstreams.values().cloned().collect();
+        let counters = config
+            .upstreams
+            .iter()
+            .map(|(name, u)| {
+                u.backends
+                    .iter()
+                    .map(|b| board.backend(name, &b.addr.to_string()))
+                    .collect()
+            })
+            .collect();
         let upstreams: Vec<UpstreamState> = upstream_cfg
             .iter()
             .map(UpstreamState::from_config)
@@ -74,8 +92,32 @@ impl Routing {
             upstreams,
             upstream_cfg,
             backend_hosts,
+            counters,
         }
     }
+
+    /// Where upstream `u`'s backend `b` of `self` is in `new`, if still there.
+    fn locate_in(&self, new: &Routing, u: usize, b: usize) -> Option<(usize, usize)> {
+        let (name, _) = self.config.upstreams.get_index(u)?;
+        let addr = self.upstream_cfg[u].backends.get(b)?.addr;
+        let nu = new.config.upstreams.get_index_of(name)?;
+        let nb = new.upstream_cfg[nu]
+            .backends
+            .iter()
+            .position(|x| x.addr == addr)?;
+        Some((nu, nb))
+    }
+}
+
+/// What the control plane sends an event loop.
+pub enum LoopCommand {
+    /// Switch to this configuration; the loop answers on `done` once it has.
+    Apply {
+        config: Arc<Config>,
+        done: std::sync::mpsc::Sender<io::Result<()>>,
+    },
+    /// Stop accepting; finish in-flight requests until `deadline`, then stop.
+    Drain { deadline: Instant },
 }
 
 pub struct EventLoop {
@@ -91,7 +133,12 @@ pub struct EventLoop {
     exchanges: Vec<Box<Exchange>>,
     pub(super) pool: KeepAlivePool,
     pub(super) routing: Routing,
-    pub(super) stats: Arc<LoopStats>,
+    pub(super) stats: &'static LoopStats,
+    board: &'static Board,
+    commands: std::sync::mpsc::Receiver<LoopCommand>,
+    waker: Arc<mio::Waker>,
+    /// Draining for shutdown: no accepting, connections close when idle.
+    drain_deadline: Option<Instant>,
     pub(super) limits: Limits,
     open_connections: Arc<AtomicUsize>,
     pub(super) now: Instant,
@@ -103,10 +150,13 @@ impl EventLoop {
     pub fn new(
         config: Arc<Config>,
         listener: TcpListener,
-        stats: Arc<LoopStats>,
+        board: &'static Board,
+        stats: &'static LoopStats,
         open_connections: Arc<AtomicUsize>,
+        commands: std::sync::mpsc::Receiver<LoopCommand>,
     ) -> io::Result<EventLoop> {
         let poll = Poll::new()?;
+        let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
         let mut listener = listener;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -116,7 +166,7 @@ impl EventLoop {
             max_head,
             max_uri: max_head.min(8192),
         };
-        let routing = Routing::new(config);
+        let routing = Routing::new(config, board);
         let sizes: Vec<usize> = routing
             .upstream_cfg
             .iter()
@@ -134,6 +184,10 @@ impl EventLoop {
             pool: KeepAlivePool::new(&sizes),
             routing,
             stats,
+            board,
+            commands,
+            waker,
+            drain_deadline: None,
             limits,
             open_connections,
             now,
@@ -146,11 +200,18 @@ impl EventLoop {
         let mut events = Events::with_capacity(1024);
         let mut expired = Vec::new();
         loop {
-            let timeout = if self.listener_ready {
+            let mut timeout = if self.listener_ready {
                 Some(Duration::ZERO)
             } else {
                 self.wheel.next_timeout(self.now)
             };
+            if let Some(deadline) = self.drain_deadline {
+                let open = self.stats.connections_current.load(Relaxed);
+                if open <= 0 || self.now >= deadline {
+                    return Ok(());
+                }
+                timeout = Some(timeout.map_or(DRAIN_POLL, |t| t.min(DRAIN_POLL)));
+            }
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -161,7 +222,11 @@ impl EventLoop {
             for event in events.iter() {
                 let token = event.token();
                 if token == LISTENER {
-                    self.listener_ready = true;
+                    self.listener_ready = self.drain_deadline.is_none();
+                    continue;
+                }
+                if token == WAKER {
+                    self.on_commands();
                     continue;
                 }
                 let mut ready = 0;
@@ -185,6 +250,121 @@ impl EventLoop {
             }
             self.maybe_trim();
         }
+    }
+
+    /// The handle the control plane uses to reach this loop.
+    pub fn waker(&self) -> Arc<mio::Waker> {
+        self.waker.clone()
+    }
+
+    fn on_commands(&mut self) {
+        while let Ok(command) = self.commands.try_recv() {
+            match command {
+                LoopCommand::Apply { config, done } => {
+                    let _ = done.send(self.apply(config));
+                }
+                LoopCommand::Drain { deadline } => self.start_drain(deadline),
+            }
+        }
+    }
+
+    /// Switches to a new configuration without dropping a connection:
+    /// requests in flight finish on the backend they started on (even one
+    /// the new configuration removed), pooled connections to kept backends
+    /// stay pooled, a new listen address is open before the old one closes.
+    fn apply(&mut self, config: Arc<Config>) -> io::Result<()> {
+        if config.server.listen != self.routing.config.server.listen {
+            let mut fresh = listener::bind_reuseport(config.server.listen)?;
+            self.poll
+                .registry()
+                .register(&mut fresh, LISTENER, Interest::READABLE)?;
+            let mut old = std::mem::replace(&mut self.listener, fresh);
+            let _ = self.poll.registry().deregister(&mut old);
+            self.listener_ready = true;
+        }
+        let mut new = Routing::new(config, self.board);
+        let old = &self.routing;
+        for (u, state) in old.upstreams.iter().enumerate() {
+            for (b, backend) in state.backends.iter().enumerate() {
+                if let Some((nu, nb)) = old.locate_in(&new, u, b) {
+                    let weight = new.upstreams[nu].backends[nb].weight;
+                    new.upstreams[nu].backends[nb] = backend.clone();
+                    new.upstreams[nu].backends[nb].weight = weight;
+                }
+            }
+        }
+        let mut pooled = Vec::new();
+        for (key, entry) in self.slab.iter_mut() {
+            match entry {
+                Entry::Upstream(up) => {
+                    let at = old.locate_in(&new, up.upstream as usize, up.backend as usize);
+                    let (nu, nb) = at.unwrap_or((ORPHAN, ORPHAN));
+                    up.upstream = nu.min(u16::MAX as usize) as u16;
+                    up.backend = nb.min(u16::MAX as usize) as u16;
+                    if up.client.is_none() {
+                        pooled.push((key, nu, nb));
+                    }
+                }
+                Entry::Client(c) => {
+                    if let Some(ex) = c.ex.as_mut().filter(|ex| ex.active) {
+                        let at = old.locate_in(&new, ex.upstream, ex.backend);
+                        (ex.upstream, ex.backend) = at.unwrap_or((ORPHAN, ORPHAN));
+                        ex.route = old
+                            .config
+                            .routing
+                            .get_index(ex.route)
+                            .and_then(|(name, _)| new.config.routing.get_index_of(name))
+                            .unwrap_or(ORPHAN);
+                    }
+                }
+            }
+        }
+        let sizes: Vec<usize> = new.upstream_cfg.iter().map(|u| u.backends.len()).collect();
+        self.pool = KeepAlivePool::new(&sizes);
+        for (key, nu, nb) in pooled {
+            let kept = nu != ORPHAN && self.pool.put(nu, nb, key, new.upstream_cfg[nu].keepalive);
+            if !kept {
+                self.close_upstream(key);
+            }
+        }
+        let max_head = new
+            .config
+            .server
+            .max_header_size
+            .min(self.bufs.buffer_size() - 2048);
+        self.limits = Limits {
+            max_head,
+            max_uri: max_head.min(8192),
+        };
+        self.routing = new;
+        Ok(())
+    }
+
+    /// Stops accepting; idle connections close now, busy ones after their
+    /// response; the loop ends when none is left or at `deadline`.
+    fn start_drain(&mut self, deadline: Instant) {
+        self.drain_deadline = Some(deadline);
+        self.listener_ready = false;
+        let _ = self.poll.registry().deregister(&mut self.listener);
+        let idle: Vec<usize> = self
+            .slab
+            .iter()
+            .filter_map(|(key, entry)| match entry {
+                Entry::Client(c)
+                    if c.phase == Phase::Idle || (c.phase == Phase::Head && c.ex.is_none()) =>
+                {
+                    Some(key)
+                }
+                _ => None,
+            })
+            .collect();
+        for key in idle {
+            self.close_client(key, None);
+        }
+    }
+
+    pub(super) fn draining(&self) -> bool {
+        self.drain_deadline.is_some()
     }
 
     fn accept_batch(&mut self) {
@@ -425,6 +605,7 @@ impl EventLoop {
             backend: backend as u16,
             client: Some(client),
             connecting: true,
+            connect_started: self.now,
             reused: false,
         }));
         LoopStats::add(&self.stats.upstream_connects, 1);

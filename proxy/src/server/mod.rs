@@ -1,9 +1,10 @@
 //! The data plane: one mio event loop per thread, share-nothing. Each loop
 //! owns a SO_REUSEPORT listener, its connections (a slab), its upstream
-//! keep-alive pool, its buffers and its counters.
+//! keep-alive pool, its buffers and its counters (in the shared board).
 //!
 //! The connection life cycle is described in `LIFECYCLE.md` beside this file.
 
+mod backends;
 mod conn;
 mod event_loop;
 mod listener;
@@ -12,63 +13,225 @@ mod proxy;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use crate::config::Config;
-use crate::stats::LoopStats;
+use crate::config::{Config, RawConfig};
+use crate::control::board::{Board, MAX_LOOPS};
+use crate::control::snapshot::{self, RateMeter};
+use crate::control::{ApplyError, BackendSnapshot, ControlPlane, ServerSnapshot};
 
-pub use event_loop::EventLoop;
+pub(crate) use backends::unix_ms;
+pub use event_loop::{EventLoop, LoopCommand};
 
-/// A running proxy: its address and its loops.
+/// How long a configuration change may take to reach every loop.
+const APPLY_WAIT: Duration = Duration::from_secs(5);
+
+struct LoopHandle {
+    commands: mpsc::Sender<LoopCommand>,
+    waker: Arc<mio::Waker>,
+}
+
+/// The running event loops of this process.
 pub struct Server {
     pub local_addr: SocketAddr,
-    pub stats: Vec<Arc<LoopStats>>,
-    threads: Vec<JoinHandle<io::Result<()>>>,
+    board: &'static Board,
+    /// Slot of this process in the board (0 without worker processes).
+    process: usize,
+    loops: Vec<LoopHandle>,
+    threads: Mutex<Vec<JoinHandle<io::Result<()>>>>,
+    current: Mutex<(RawConfig, Arc<Config>)>,
+    started: Instant,
+    meter: RateMeter,
 }
 
 impl Server {
     /// Binds every loop's listener (port 0 resolves to one port shared by
     /// all loops) and starts the loops on their threads.
-    pub fn start(config: Config) -> io::Result<Server> {
+    pub fn start(
+        raw: RawConfig,
+        config: Config,
+        board: &'static Board,
+        process: usize,
+    ) -> io::Result<Arc<Server>> {
+        let workers = config.server.workers.clamp(1, MAX_LOOPS);
         let config = Arc::new(config);
         let first = listener::bind_reuseport(config.server.listen)?;
         let local_addr = first.local_addr()?;
         let mut listeners = vec![first];
-        for _ in 1..config.server.workers.max(1) {
+        for _ in 1..workers {
             listeners.push(listener::bind_reuseport(local_addr)?);
         }
         let open_connections = Arc::new(AtomicUsize::new(0));
-        let mut stats = Vec::new();
+        let mut loops = Vec::new();
         let mut threads = Vec::new();
         for (i, listener) in listeners.into_iter().enumerate() {
-            let loop_stats = Arc::new(LoopStats::default());
-            stats.push(loop_stats.clone());
+            let (tx, rx) = mpsc::channel();
             let mut event_loop = EventLoop::new(
                 config.clone(),
                 listener,
-                loop_stats,
+                board,
+                board.loop_stats(process, i),
                 open_connections.clone(),
+                rx,
             )?;
+            loops.push(LoopHandle {
+                commands: tx,
+                waker: event_loop.waker(),
+            });
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("loop-{i}"))
                     .spawn(move || event_loop.run())?,
             );
         }
-        Ok(Server {
+        board.processes[process.min(board.processes.len() - 1)]
+            .loops
+            .store(workers as u32, std::sync::atomic::Ordering::Relaxed);
+        Ok(Arc::new(Server {
             local_addr,
-            stats,
-            threads,
-        })
+            board,
+            process,
+            loops,
+            threads: Mutex::new(threads),
+            current: Mutex::new((raw, config)),
+            started: Instant::now(),
+            meter: RateMeter::default(),
+        }))
     }
 
-    /// Blocks until every loop has stopped (they run until the process ends).
-    pub fn wait(self) -> io::Result<()> {
-        for t in self.threads {
+    fn current(&self) -> (RawConfig, Arc<Config>) {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Sends `config` to every loop and waits until all have it.
+    pub fn apply_config(&self, raw: RawConfig, config: Config) -> Result<(), ApplyError> {
+        let (_, old) = self.current();
+        refuse_restart_only_changes(&old, &config)?;
+        if config.server.listen != old.server.listen {
+            // Refuse up front rather than leave some loops on each address.
+            listener::bind_reuseport(config.server.listen).map_err(|e| ApplyError {
+                field: Some("server.listen".into()),
+                message: format!("cannot listen on {}: {e}", config.server.listen),
+            })?;
+        }
+        let config = Arc::new(config);
+        let (done_tx, done_rx) = mpsc::channel();
+        for handle in &self.loops {
+            let command = LoopCommand::Apply {
+                config: config.clone(),
+                done: done_tx.clone(),
+            };
+            if handle.commands.send(command).is_ok() {
+                let _ = handle.waker.wake();
+            }
+        }
+        let deadline = Instant::now() + APPLY_WAIT;
+        for _ in &self.loops {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match done_rx.recv_timeout(left) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    return Err(ApplyError {
+                        field: None,
+                        message: format!("an event loop could not apply it: {e}"),
+                    })
+                }
+                Err(_) => {
+                    return Err(ApplyError {
+                        field: None,
+                        message: "an event loop did not confirm within 5 s".into(),
+                    })
+                }
+            }
+        }
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = (raw, config);
+        Ok(())
+    }
+
+    /// Stops accepting and lets in-flight requests finish, at most `timeout`.
+    pub fn drain(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        for handle in &self.loops {
+            if handle
+                .commands
+                .send(LoopCommand::Drain { deadline })
+                .is_ok()
+            {
+                let _ = handle.waker.wake();
+            }
+        }
+    }
+
+    /// Blocks until every loop has stopped.
+    pub fn wait(&self) -> io::Result<()> {
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in threads {
             t.join()
                 .map_err(|_| io::Error::other("event loop panicked"))??;
         }
         Ok(())
+    }
+
+    pub fn board(&self) -> &'static Board {
+        self.board
+    }
+
+    pub fn process(&self) -> usize {
+        self.process
+    }
+}
+
+/// Settings a running process cannot change: named so the caller knows
+/// a restart is needed.
+pub fn refuse_restart_only_changes(old: &Config, new: &Config) -> Result<(), ApplyError> {
+    let restart = |field: &str, what: &str| {
+        Err(ApplyError {
+            field: Some(field.into()),
+            message: format!("{what} cannot change while running; restart the proxy"),
+        })
+    };
+    if old.server.workers != new.server.workers {
+        return restart("server.workers", "the number of event loops");
+    }
+    if old.server.processes != new.server.processes {
+        return restart("server.processes", "the number of worker processes");
+    }
+    if new.server.max_header_size > old.server.max_header_size {
+        return restart(
+            "server.max_header_size",
+            "a larger head limit (buffer size)",
+        );
+    }
+    if old.admin.listen != new.admin.listen {
+        return restart("admin.listen", "the admin address");
+    }
+    Ok(())
+}
+
+impl ControlPlane for Server {
+    fn raw_config(&self) -> RawConfig {
+        self.current().0
+    }
+
+    fn apply(&self, raw: RawConfig, config: Config) -> Result<(), ApplyError> {
+        self.apply_config(raw, config)
+    }
+
+    fn server(&self) -> ServerSnapshot {
+        snapshot::server(self.board, 0, self.loops.len(), self.started, &self.meter)
+    }
+
+    fn backends(&self, upstream: &str) -> Option<Vec<BackendSnapshot>> {
+        snapshot::backends(self.board, &self.current().1, upstream)
+    }
+
+    fn upstreams(&self) -> Vec<String> {
+        self.current().1.upstreams.keys().cloned().collect()
     }
 }

@@ -81,7 +81,9 @@ impl EventLoop {
     }
 
     fn busy_timeout(&self, ex: &Exchange) -> Duration {
-        let up = &self.routing.upstream_cfg[ex.upstream];
+        let Some(up) = self.routing.upstream_cfg.get(ex.upstream) else {
+            return self.routing.config.server.read_timeout;
+        };
         let connecting = ex
             .upstream_key
             .and_then(|k| match self.slab.get(k) {
@@ -256,6 +258,9 @@ impl EventLoop {
     /// pooled one, or a new one. Failed connects move on to another backend.
     fn attach_backend(&mut self, ck: usize, ex: &mut Exchange) -> Result<(), Reject> {
         let u = ex.upstream;
+        if u >= self.routing.upstreams.len() || ex.route >= self.routing.balancers.len() {
+            return Err(Reject::BadGateway); // reconfigured away mid-request
+        }
         let max_attempts = (self.routing.upstream_cfg[u].retries as usize + 2).min(MAX_TRIED + 1);
         let peer = self.client_mut(ck).peer;
         loop {
@@ -284,7 +289,7 @@ impl EventLoop {
                 None => match self.open_upstream(u, b, ck) {
                     Ok(key) => (key, false),
                     Err(_) => {
-                        self.routing.upstreams[u].record_failure(b, self.now);
+                        self.backend_failed(u, b);
                         self.mark_tried(ex, b);
                         continue;
                     }
@@ -295,7 +300,7 @@ impl EventLoop {
             up.reused = reused;
             ex.upstream_key = Some(key);
             ex.backend = b;
-            self.routing.upstreams[u].request_started(b);
+            self.backend_started(u, b);
             return Ok(());
         }
     }
@@ -315,6 +320,7 @@ impl EventLoop {
         let mut progress = false;
         // Connect completion.
         {
+            let now = self.now;
             let up = self.upstream_mut(uk);
             if up.connecting {
                 if up.ready == 0 {
@@ -325,6 +331,8 @@ impl EventLoop {
                     Ok(_) if !failed => {
                         up.connecting = false;
                         progress = true;
+                        let took = now.saturating_duration_since(up.connect_started);
+                        self.backend_connected(ex.upstream, ex.backend, took);
                     }
                     Err(e) if !failed && e.kind() == io::ErrorKind::NotConnected => {
                         up.ready = 0;
@@ -449,8 +457,7 @@ impl EventLoop {
                         continue;
                     }
                     let latency = self.now.saturating_duration_since(ex.started);
-                    self.routing.upstreams[ex.upstream]
-                        .record_success(ex.backend, latency, self.now);
+                    self.backend_answered(ex.upstream, ex.backend, head.status, latency);
                     ex.close_after |= head.close_client;
                     ex.upstream_reusable = head.upstream_reusable;
                     ex.resp_body = Some(BodyScan::new(head.framing, head.strip_chunked));
@@ -580,7 +587,7 @@ impl EventLoop {
             // The rest of the request body would be read as the next request.
             ex.close_after = true;
         }
-        if ex.close_after || ex.client_eof {
+        if ex.close_after || ex.client_eof || self.draining() {
             return self.start_closing(ck, ex);
         }
         let has_next = ex.inbuf.as_ref().is_some_and(|b| !b.is_empty());
@@ -600,8 +607,8 @@ impl EventLoop {
 
     /// Returns a backend connection to the pool or closes it.
     pub(super) fn finish_upstream(&mut self, u: usize, b: usize, uk: usize, reusable: bool) {
-        self.routing.upstreams[u].request_finished(b);
-        if reusable {
+        self.backend_finished(u, b);
+        if reusable && u < self.routing.upstreams.len() {
             let limit = self.routing.upstream_cfg[u].keepalive;
             let up = self.upstream_mut(uk);
             up.client = None;
@@ -624,7 +631,7 @@ impl EventLoop {
         };
         let reused = matches!(self.slab.get(uk), Some(Entry::Upstream(u)) if u.reused);
         let (u, b) = (ex.upstream, ex.backend);
-        self.routing.upstreams[u].request_finished(b);
+        self.backend_finished(u, b);
         self.close_upstream(uk);
         if ex.resp_started || ex.resp_body.is_some() {
             return Step::Close;
@@ -634,7 +641,7 @@ impl EventLoop {
         // backend's failure: it is the keep-alive race.
         let stale = reused && why == UpstreamFailure::Closed && !got_bytes;
         if !stale {
-            self.routing.upstreams[u].record_failure(b, self.now);
+            self.backend_failed(u, b);
             self.mark_tried(ex, b);
         }
         let retry = match why {

@@ -1,0 +1,80 @@
+//! Backend bookkeeping of one loop: the loop's own health and balancing
+//! state, and the shared counters the admin API and metrics read. Indices
+//! may be `ORPHAN` when a reconfiguration removed the backend while a
+//! request on it was in flight: the request finishes, nothing is counted
+//! against the new configuration.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use super::event_loop::EventLoop;
+use crate::upstream::health::Health;
+
+/// Upstream/backend index of something the configuration no longer has.
+pub(super) const ORPHAN: usize = usize::MAX;
+
+impl EventLoop {
+    fn known(&self, u: usize, b: usize) -> bool {
+        self.routing
+            .upstreams
+            .get(u)
+            .is_some_and(|s| b < s.backends.len())
+    }
+
+    pub(super) fn backend_started(&mut self, u: usize, b: usize) {
+        if self.known(u, b) {
+            self.routing.upstreams[u].request_started(b);
+            let c = self.routing.counters[u][b];
+            c.active.fetch_add(1, Relaxed);
+            c.requests.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub(super) fn backend_finished(&mut self, u: usize, b: usize) {
+        if self.known(u, b) {
+            self.routing.upstreams[u].request_finished(b);
+            self.routing.counters[u][b].active.fetch_sub(1, Relaxed);
+        }
+    }
+
+    pub(super) fn backend_failed(&mut self, u: usize, b: usize) {
+        if !self.known(u, b) {
+            return;
+        }
+        let now = self.now;
+        self.routing.upstreams[u].record_failure(b, now);
+        let c = self.routing.counters[u][b];
+        c.failures.fetch_add(1, Relaxed);
+        if self.routing.upstreams[u].backends[b].health(now) == Health::Down {
+            let until = unix_ms() + self.routing.upstream_cfg[u].fail_timeout.as_millis() as u64;
+            c.down_until_ms.fetch_max(until, Relaxed);
+        }
+    }
+
+    pub(super) fn backend_answered(&mut self, u: usize, b: usize, status: u16, latency: Duration) {
+        if !self.known(u, b) {
+            return;
+        }
+        let now = self.now;
+        self.routing.upstreams[u].record_success(b, latency, now);
+        let c = self.routing.counters[u][b];
+        c.response_status(status);
+        c.response.record(latency.as_secs_f64());
+        let ewma = self.routing.upstreams[u].backends[b].ewma_ns;
+        c.ewma_ns_bits.store(ewma.to_bits(), Relaxed);
+    }
+
+    pub(super) fn backend_connected(&mut self, u: usize, b: usize, took: Duration) {
+        if self.known(u, b) {
+            self.routing.counters[u][b]
+                .connect
+                .record(took.as_secs_f64());
+        }
+    }
+}
+
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
