@@ -422,3 +422,102 @@ fn survives_random_garbage() {
     }
     assert_still_serves(&mut p);
 }
+
+#[test]
+fn rejects_transfer_encoding_in_http10() {
+    let (_b, mut p) = proxy_with_backend();
+    assert_rejected(
+        &mut p,
+        b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+    );
+}
+
+#[test]
+fn rejects_empty_host_in_http11() {
+    let (_b, mut p) = proxy_with_backend();
+    assert_rejected(&mut p, b"GET / HTTP/1.1\r\nHost:\r\n\r\n", 400);
+}
+
+#[test]
+fn answers_408_to_a_head_trickled_byte_by_byte() {
+    let b = Backend::start("a");
+    let mut cfg = Cfg::new(&[b.addr]);
+    cfg.header_timeout = "500ms";
+    let mut p = cfg.start();
+    let c = p.client();
+    let mut writer = c.stream().try_clone().unwrap();
+    // One byte every 50 ms: each read makes progress, the whole head never
+    // arrives in time (slowloris). The deadline is for the head, not per byte.
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let head = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Slow: {}\r\n\r\n",
+            "s".repeat(200)
+        );
+        for byte in head.as_bytes() {
+            if writer.write_all(&[*byte]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let mut c = c;
+    let r = c.read_response();
+    assert_eq!(r.status, 408, "{}", r.head);
+    assert_eq!(b.requests(), 0);
+    assert_still_serves(&mut p);
+}
+
+/// Two backends that both reset `/reset` requests.
+fn two_resetting_backends() -> (Backend, Backend, Proxy) {
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let p = Cfg::new(&[a.addr, b.addr]).start();
+    (a, b, p)
+}
+
+#[test]
+fn retries_idempotent_request_on_another_backend_after_reset() {
+    let (a, b, p) = two_resetting_backends();
+    let (r, _) = exchange_raw(&p, b"GET /reset HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(r.status, 502);
+    // Nothing was answered, GET is idempotent: the second backend got it too.
+    assert_eq!((a.requests(), b.requests()), (1, 1));
+}
+
+#[test]
+fn does_not_resend_post_after_it_reached_a_backend() {
+    let (a, b, p) = two_resetting_backends();
+    let (r, _) = exchange_raw(
+        &p,
+        b"POST /reset HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+    );
+    assert_eq!(r.status, 502);
+    assert_eq!(a.requests() + b.requests(), 1, "a POST was sent twice");
+}
+
+#[test]
+fn answers_502_to_a_response_with_differing_content_lengths() {
+    let (_b, mut p) = proxy_with_backend();
+    let (r, closed) = exchange_raw(&p, b"GET /bad-cl HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(r.status, 502, "{}", r.head);
+    assert!(closed);
+    assert_still_serves(&mut p);
+}
+
+#[test]
+fn retries_at_most_the_configured_number_of_times() {
+    let bs: Vec<Backend> = ["a", "b", "c", "d", "e"]
+        .iter()
+        .map(|id| Backend::start(id))
+        .collect();
+    let addrs: Vec<_> = bs.iter().map(|b| b.addr).collect();
+    let mut cfg = Cfg::new(&addrs);
+    cfg.retries = 2;
+    let p = cfg.start();
+    let (r, _) = exchange_raw(&p, b"GET /reset HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(r.status, 502);
+    let tries: usize = bs.iter().map(Backend::requests).sum();
+    assert_eq!(tries, 3, "retries: 2 means one try and two retries");
+}

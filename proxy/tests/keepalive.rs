@@ -149,3 +149,90 @@ fn idle_client_connection_closes_after_idle_timeout() {
         .expect("closed by the proxy within the client timeout");
     assert!(rest.is_empty());
 }
+
+#[test]
+fn closes_idle_upstream_connection_after_keepalive_timeout() {
+    let b = Backend::start("a");
+    let yaml = Cfg::new(&[b.addr])
+        .yaml()
+        .replace("keepalive_timeout: 30s", "keepalive_timeout: 300ms");
+    let p = Proxy::start(&yaml);
+    let mut c = p.client();
+    assert_eq!(c.get("/").status, 200);
+    wait_until("the pooled connection to be closed", || b.closed() == 1);
+    // The client connection is unaffected and a new upstream one is opened.
+    assert_eq!(c.get("/").status, 200);
+    assert_eq!(b.connections(), 2);
+}
+
+#[test]
+fn pool_keeps_at_most_keepalive_idle_connections() {
+    let b = Backend::start("a");
+    let mut cfg = Cfg::new(&[b.addr]);
+    cfg.keepalive = 2;
+    let p = cfg.start();
+    // Six requests in flight at once need six upstream connections.
+    let mut clients: Vec<Client> = (0..6).map(|_| p.client()).collect();
+    for c in &mut clients {
+        c.send(b"GET /hold HTTP/1.1\r\nHost: a\r\n\r\n");
+    }
+    wait_until("six held requests", || b.active() == 6);
+    b.release();
+    for c in &mut clients {
+        assert_eq!(c.read_response().status, 200);
+    }
+    // Only two go back to the pool; the other four are closed.
+    wait_until("four upstream connections closed", || b.closed() >= 4);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(b.closed(), 4);
+    assert_eq!(b.connections(), 6);
+    // The pooled two serve the next requests.
+    for c in &mut clients {
+        assert_eq!(c.get("/").status, 200);
+    }
+    assert_eq!(b.connections(), 6);
+}
+
+#[test]
+fn keepalive_zero_opens_a_connection_per_request() {
+    let b = Backend::start("a");
+    let mut cfg = Cfg::new(&[b.addr]);
+    cfg.keepalive = 0;
+    let p = cfg.start();
+    let mut c = p.client();
+    for _ in 0..5 {
+        assert_eq!(c.get("/").status, 200);
+    }
+    assert_eq!(b.connections(), 5);
+}
+
+#[test]
+fn serves_many_concurrent_clients_on_two_event_loops() {
+    let b = Backend::start("a");
+    let yaml = Cfg::new(&[b.addr])
+        .yaml()
+        .replace("workers: 1", "workers: 2");
+    let p = Proxy::start(&yaml);
+    let addr = p.addr;
+    let threads: Vec<_> = (0..50)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                for _ in 0..20 {
+                    let r = c.get("/echo");
+                    assert_eq!(r.status, 200);
+                    assert!(r.text().starts_with("a\nGET /echo "));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client thread");
+    }
+    assert_eq!(b.requests(), 1000);
+    assert!(
+        b.connections() <= 50,
+        "{} upstream connections",
+        b.connections()
+    );
+}

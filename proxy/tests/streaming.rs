@@ -403,3 +403,253 @@ fn client_leaving_mid_body_does_not_disturb_others() {
     } // dropped mid-body
     assert_still_serves(&mut p);
 }
+
+#[test]
+fn answers_client_that_half_closed_after_its_request() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    c.send(b"GET /slow/100 HTTP/1.1\r\nHost: a\r\n\r\n");
+    c.stream().shutdown(std::net::Shutdown::Write).unwrap();
+    let r = c
+        .try_read_response(false)
+        .expect("an answer after the client's FIN");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "a");
+}
+
+#[test]
+fn forwards_chunked_request_with_extensions_and_trailers() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    c.send(
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5;name=value\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
+    );
+    let r = c.read_response();
+    assert_eq!(r.status, 200, "{}", r.head);
+    let req = b.last();
+    assert!(
+        req.chunked,
+        "the backend did not get a chunked body:\n{}",
+        req.head
+    );
+    assert_eq!(req.body, b"hello world");
+    assert_eq!(c.get("/").status, 200);
+}
+
+#[test]
+fn forwards_http10_request_body() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    c.send(b"POST /echo HTTP/1.0\r\nContent-Length: 5\r\n\r\nhello");
+    let r = c.read_response();
+    assert_eq!(r.status, 200);
+    assert!(r.text().ends_with("hello"));
+    assert_eq!(b.last().body, b"hello");
+}
+
+#[test]
+fn slow_reading_client_keeps_proxy_memory_bounded() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    let n = 50 * MB;
+    c.send(format!("GET /download/{n} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes());
+    // Do not read for a while: the backend pushes until buffers are full.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let sampler = RssSampler::start(p.pid());
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let (r, len, ok) = c.read_response_counting();
+    let peak = sampler.finish();
+    assert_eq!(r.status, 200);
+    assert_eq!(len, n);
+    assert!(ok);
+    eprintln!("slow reader: peak proxy RSS {} KiB", peak / 1024);
+    assert!(peak < RSS_LIMIT, "proxy RSS reached {} MiB", peak / MB);
+}
+
+#[test]
+fn response_with_content_length_and_chunked_is_read_as_chunked_and_not_reused() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    let r = c.get("/cl-te");
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(r.text(), "hello");
+    assert!(!r.has_header("content-length"), "{}", r.head);
+    assert_eq!(c.get("/").status, 200);
+    assert_eq!(
+        b.connections(),
+        2,
+        "a connection with smuggled framing was reused"
+    );
+}
+
+#[test]
+fn relays_interim_103_before_the_final_response() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    c.send(b"GET /early-hints HTTP/1.1\r\nHost: a\r\n\r\n");
+    let interim = c.read_response();
+    assert_eq!(interim.status, 103, "{}", interim.head);
+    let r = c.read_response();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "a");
+}
+
+#[test]
+fn relays_chunked_response_with_extensions_and_trailers() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    let r = c.get("/trailers");
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(r.text(), "hello");
+    assert_eq!(c.get("/").status, 200);
+}
+
+#[test]
+fn answers_pipelined_head_request_without_body() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    c.send(
+        b"GET /echo?n=1 HTTP/1.1\r\nHost: a\r\n\r\n\
+          HEAD /download/500 HTTP/1.1\r\nHost: a\r\n\r\n\
+          GET /echo?n=3 HTTP/1.1\r\nHost: a\r\n\r\n",
+    );
+    let r1 = c.read_response();
+    let r2 = c.read_head_response();
+    let r3 = c.read_response();
+    assert!(r1.text().contains("GET /echo?n=1 "));
+    assert_eq!(r2.header("content-length"), Some("500"));
+    assert!(r3.text().contains("GET /echo?n=3 "), "{}", r3.head);
+}
+
+#[test]
+fn answers_many_pipelined_requests_in_order() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    let n = 1000;
+    let mut all = Vec::new();
+    for i in 0..n {
+        all.extend_from_slice(format!("GET /echo?n={i} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes());
+    }
+    // ~40 KB of requests: more than one read buffer; write them while reading.
+    let mut w = c.stream().try_clone().unwrap();
+    let t = std::thread::spawn(move || {
+        use std::io::Write;
+        w.write_all(&all).unwrap();
+    });
+    for i in 0..n {
+        let r = c.read_response();
+        assert_eq!(r.status, 200);
+        assert!(
+            r.text().contains(&format!("GET /echo?n={i} ")),
+            "response {i}: {}",
+            r.text()
+        );
+    }
+    t.join().unwrap();
+    assert_eq!(b.connections(), 1);
+}
+
+#[test]
+fn parses_head_arriving_in_pieces() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    let req = b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello";
+    for piece in req.chunks(3) {
+        c.send(piece);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let r = c.read_response();
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert!(r.text().ends_with("hello"));
+}
+
+#[test]
+fn does_not_answer_requests_pipelined_after_connection_close() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    c.send(
+        b"GET /echo?n=1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n\
+          GET /echo?n=2 HTTP/1.1\r\nHost: a\r\n\r\n",
+    );
+    let r = c.read_response();
+    assert!(r.text().contains("n=1"));
+    assert!(r.says_close());
+    assert!(
+        c.is_closed(),
+        "a request after Connection: close was answered"
+    );
+    assert_eq!(b.requests(), 1);
+}
+
+#[test]
+fn not_modified_304_with_content_length_has_no_body() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    let r = c.get("/304-with-length");
+    assert_eq!(r.status, 304);
+    let r = c.get("/echo");
+    assert_eq!(r.status, 200, "{}", r.head);
+}
+
+#[test]
+fn relays_large_response_head() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    let r = c.get("/big-head/12000");
+    assert_eq!(r.status, 200, "{}", &r.head[..r.head.len().min(200)]);
+    assert_eq!(r.header("x-big").map(str::len), Some(12000));
+    assert_eq!(r.text(), "a");
+}
+
+#[test]
+fn forwards_large_request_head_under_the_limit() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    let big = "v".repeat(15_000);
+    c.send(format!("GET /echo HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\n\r\n").as_bytes());
+    let r = c.read_response();
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(b.last().header("x-big").map(str::len), Some(15_000));
+}
+
+#[test]
+fn client_leaving_mid_download_does_not_disturb_others() {
+    let b = Backend::start("a");
+    let mut p = Cfg::new(&[b.addr]).start();
+    {
+        let mut c = p.client();
+        c.send(b"GET /download/50000000 HTTP/1.1\r\nHost: a\r\n\r\n");
+        let _ = c.read_exact(100_000);
+    } // dropped mid-body
+    assert_still_serves(&mut p);
+    wait_until("the abandoned upstream connection to close", || {
+        b.closed() >= 1
+    });
+}
+
+#[test]
+fn post_with_zero_content_length_is_forwarded() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    c.send(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
+    let r = c.read_response();
+    assert_eq!(r.status, 200);
+    assert_eq!(b.last().header("content-length"), Some("0"));
+    assert_eq!(c.get("/").status, 200);
+}

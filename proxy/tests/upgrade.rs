@@ -102,3 +102,32 @@ fn unrequested_101_from_backend_is_bad_gateway() {
     assert!(closed);
     assert_still_serves(&mut p);
 }
+
+#[test]
+fn bytes_sent_with_the_upgrade_request_arrive_after_101() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    let mut req = UPGRADE.to_vec();
+    req.extend_from_slice(b"early bytes");
+    c.send(&req);
+    assert_eq!(c.read_head_response().status, 101);
+    // welcome, then the echo of what we sent before the 101 came.
+    assert_eq!(c.read_exact(7 + 11), b"welcomeearly bytes");
+}
+
+#[test]
+fn declined_upgrade_stays_http() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    // /echo answers 200: the backend did not switch protocols.
+    c.send(b"GET /echo HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+    let r = c.read_response();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        c.get("/").status,
+        200,
+        "the connection stays usable for HTTP"
+    );
+}

@@ -299,6 +299,12 @@ pub fn pattern_byte(i: u64) -> u8 {
 /// | `/close-mid`         | head with Content-Length 100000, 1000 bytes, then FIN    |
 /// | `/then-close`       | a keep-alive answer, then a close 50 ms later            |
 /// | `/close-after/MS`    | a keep-alive answer, then a close MS ms later            |
+/// | `/cl-te`            | Content-Length 3 and chunked `hello` together            |
+/// | `/bad-cl`           | two differing Content-Length headers                     |
+/// | `/304-with-length`   | 304 with Content-Length 100 and (rightly) no body        |
+/// | `/big-head/N`        | a response head with an N-byte header                    |
+/// | `/early-hints`       | 103, then the normal answer                              |
+/// | `/trailers`          | chunked `hello` with a chunk extension and a trailer     |
 /// | `/garbage`           | bytes that are not HTTP, then close                       |
 /// | `/hop`               | hop-by-hop response headers beside `X-End: 1`            |
 /// | `/upgrade`           | 101, `welcome`, then echoes every byte                    |
@@ -315,6 +321,7 @@ struct BackendState {
     id: String,
     delay: Duration,
     connections: AtomicUsize,
+    closed: AtomicUsize,
     requests: AtomicUsize,
     active: AtomicUsize,
     released: AtomicBool,
@@ -334,6 +341,7 @@ impl Backend {
             id: id.to_string(),
             delay,
             connections: AtomicUsize::new(0),
+            closed: AtomicUsize::new(0),
             requests: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
             released: AtomicBool::new(false),
@@ -347,6 +355,7 @@ impl Backend {
                 let st = st.clone();
                 thread::spawn(move || {
                     let _ = serve(stream, &st);
+                    st.closed.fetch_add(1, Ordering::SeqCst);
                 });
             }
         });
@@ -360,6 +369,11 @@ impl Backend {
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.state.connections.load(Ordering::SeqCst)
+    }
+
+    /// Connections that ended (closed by either side).
+    pub fn closed(&self) -> usize {
+        self.state.closed.load(Ordering::SeqCst)
     }
 
     /// Request heads received so far.
@@ -596,6 +610,46 @@ fn handle(
                 num
             }));
             Ok(false)
+        }
+        "cl-te" => {
+            // Both framings: the chunked coding wins (RFC 9112 §6.3) and the
+            // connection must not be reused.
+            out.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n\
+                  5\r\nhello\r\n0\r\n\r\n",
+            )?;
+            Ok(!client_close)
+        }
+        "bad-cl" => {
+            out.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+            )?;
+            Ok(false)
+        }
+        "304-with-length" => {
+            // A 304 may carry the length of the representation; no body follows.
+            out.write_all(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 100\r\n\r\n")?;
+            Ok(!client_close)
+        }
+        "big-head" => {
+            let h = format!(
+                "HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: {}\r\n\r\n{id}",
+                "h".repeat(num as usize),
+                id.len()
+            );
+            out.write_all(h.as_bytes())?;
+            Ok(!client_close)
+        }
+        "early-hints" => {
+            out.write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n")?;
+            simple(out, "200 OK", id.as_bytes())
+        }
+        "trailers" => {
+            out.write_all(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n\
+                  5;ext=1\r\nhello\r\n0\r\nX-Sum: 42\r\n\r\n",
+            )?;
+            Ok(!client_close)
         }
         "slow" => {
             thread::sleep(Duration::from_millis(num));
