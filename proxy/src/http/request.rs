@@ -356,6 +356,11 @@ pub fn write_upstream_head(
     let ip_len = 48 - cursor.len();
     w.put(&ip[..ip_len]);
     w.put(b"\r\nX-Forwarded-Proto: http\r\nVia: 1.1 speedmimi\r\n");
+    if matches!(head.framing, Framing::Chunked(_)) {
+        // Transfer-Encoding is hop-by-hop: the body is passed on still
+        // chunked, so this hop says so again.
+        w.put(b"Transfer-Encoding: chunked\r\n");
+    }
     if let Some(up) = head.upgrade {
         w.put(b"Connection: upgrade\r\nUpgrade: ");
         w.put(up.get(buf));

@@ -261,7 +261,8 @@ impl EventLoop {
         if u >= self.routing.upstreams.len() || ex.route >= self.routing.balancers.len() {
             return Err(Reject::BadGateway); // reconfigured away mid-request
         }
-        let max_attempts = (self.routing.upstream_cfg[u].retries as usize + 2).min(MAX_TRIED + 1);
+        // One try and `retries` more; a stale pooled connection gives its try back.
+        let max_attempts = (self.routing.upstream_cfg[u].retries as usize + 1).min(MAX_TRIED);
         let peer = self.client_mut(ck).peer;
         loop {
             if ex.attempts >= max_attempts {
@@ -640,7 +641,9 @@ impl EventLoop {
         // A pooled connection the backend had already closed is not the
         // backend's failure: it is the keep-alive race.
         let stale = reused && why == UpstreamFailure::Closed && !got_bytes;
-        if !stale {
+        if stale {
+            ex.attempts -= 1;
+        } else {
             self.backend_failed(u, b);
             self.mark_tried(ex, b);
         }
