@@ -222,8 +222,10 @@ impl Figure {
             root.titled(&self.title, (FAMILY, 22))?
         };
         let rows = self.panels.len().max(1);
+        // A lone panel under a figure title needs no caption of its own.
+        let captions = rows > 1 || self.title.is_empty();
         for (area, panel) in body.split_evenly((rows, 1)).iter().zip(&self.panels) {
-            draw_panel(area, panel)?;
+            draw_panel(area, panel, captions)?;
         }
         Ok(())
     }
@@ -275,8 +277,11 @@ macro_rules! draw_chart {
     ($plot:expr, $panel:expr, $xr:expr, $yr:expr) => {{
         let panel: &Panel = $panel;
         let ((x0, x1), _) = ranges(panel);
-        let mut chart = ChartBuilder::on(&$plot)
-            .caption(&panel.title, (FAMILY, 16))
+        let mut builder = ChartBuilder::on(&$plot);
+        if !panel.title.is_empty() {
+            builder.caption(&panel.title, (FAMILY, 16));
+        }
+        let mut chart = builder
             .margin(10)
             .x_label_area_size(44)
             .y_label_area_size(76)
@@ -383,10 +388,15 @@ fn effective(panel: &Panel) -> Panel {
 fn draw_panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     panel: &Panel,
+    caption: bool,
 ) -> Result<(), DrawFailure> {
     let (w, _) = area.dim_in_pixel();
     let (plot, legend) = area.split_horizontally(w.saturating_sub(LEGEND_WIDTH));
-    let panel = &effective(panel);
+    let mut panel = effective(panel);
+    if !caption {
+        panel.title.clear();
+    }
+    let panel = &panel;
     let ((x0, x1), (y0, y1)) = ranges(panel);
     match (panel.x_log, panel.y_log) {
         (false, false) => draw_chart!(plot, panel, x0..x1, y0..y1),
@@ -403,6 +413,10 @@ fn draw_legend<DB: DrawingBackend>(
     panel: &Panel,
 ) -> Result<(), DrawFailure> {
     let font = (FAMILY, 12).into_font();
+    // Tighten the rows when many series (several peers x modes x percentiles) must fit.
+    let entries = (panel.series.len() + panel.bands.len()).max(1) as i32;
+    let (_, h) = area.dim_in_pixel();
+    let row = ((h as i32 - 50) / entries).clamp(12, 20);
     let mut y = 40;
     let x = 6;
     for s in &panel.series {
@@ -423,7 +437,7 @@ fn draw_legend<DB: DrawingBackend>(
             }
         }
         area.draw(&Text::new(s.label.clone(), (x + 34, y - 7), font.clone()))?;
-        y += 20;
+        y += row;
     }
     for b in &panel.bands {
         area.draw(&Rectangle::new(
@@ -432,7 +446,7 @@ fn draw_legend<DB: DrawingBackend>(
         ))?;
         area.draw(&Rectangle::new([(x, y - 6), (x + 26, y + 6)], BAND))?;
         area.draw(&Text::new(b.label.clone(), (x + 34, y - 7), font.clone()))?;
-        y += 20;
+        y += row;
     }
     Ok(())
 }
