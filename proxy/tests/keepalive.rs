@@ -236,3 +236,62 @@ fn serves_many_concurrent_clients_on_two_event_loops() {
         b.connections()
     );
 }
+
+#[test]
+fn idle_keep_alive_connection_outlives_header_timeout() {
+    let b = Backend::start("a");
+    let mut cfg = Cfg::new(&[b.addr]);
+    cfg.header_timeout = "300ms";
+    let p = cfg.start();
+    let mut c = p.client();
+    assert_eq!(c.get("/").status, 200);
+    // Idle between requests: idle_timeout (30 s) applies, not header_timeout.
+    assert!(c.stays_open(Duration::from_millis(800)));
+    assert_eq!(c.get("/").status, 200);
+}
+
+#[test]
+fn partial_head_after_idle_gets_408() {
+    let b = Backend::start("a");
+    let mut cfg = Cfg::new(&[b.addr]);
+    cfg.header_timeout = "300ms";
+    let p = cfg.start();
+    let mut c = p.client();
+    assert_eq!(c.get("/").status, 200);
+    c.send(b"GET / HTTP/1.1\r\nHo");
+    let r = c.read_response();
+    assert_eq!(r.status, 408);
+    assert!(c.is_closed());
+}
+
+#[test]
+fn refused_connections_do_not_use_up_slots() {
+    let b = Backend::start("a");
+    let mut cfg = Cfg::new(&[b.addr]);
+    cfg.max_conn = 1;
+    let p = cfg.start();
+    let mut c1 = p.client();
+    assert_eq!(c1.get("/").status, 200);
+    for _ in 0..5 {
+        let mut c = p.client();
+        let _ = c.try_send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(c.read_response().status, 503);
+        assert!(c.is_closed());
+    }
+    drop(c1);
+    let mut ok = false;
+    for _ in 0..100 {
+        let mut c = p.client();
+        let _ = c.try_send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        if c.try_read_response(false).is_ok_and(|r| r.status == 200) {
+            ok = true;
+            // And the slot is held by this one again.
+            let mut other = p.client();
+            let _ = other.try_send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert_eq!(other.read_response().status, 503);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(ok, "the slot never came back after 5 refusals");
+}

@@ -653,3 +653,106 @@ fn post_with_zero_content_length_is_forwarded() {
     assert_eq!(b.last().header("content-length"), Some("0"));
     assert_eq!(c.get("/").status, 200);
 }
+
+#[test]
+fn relays_large_chunked_response_across_buffer_boundaries() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    let n = 3_000_000u64;
+    let r = c.get(&format!("/chunked/{n}"));
+    assert_eq!(r.status, 200);
+    assert!(r.chunked);
+    assert_eq!(r.body.len() as u64, n);
+    assert!(r
+        .body
+        .iter()
+        .enumerate()
+        .all(|(i, &x)| x == pattern_byte(i as u64)));
+    assert_eq!(c.get("/").status, 200);
+}
+
+#[test]
+fn dechunks_large_response_for_http10_client() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    let n = 3_000_000u64;
+    c.send(format!("GET /chunked/{n} HTTP/1.0\r\n\r\n").as_bytes());
+    let r = c.read_response();
+    assert_eq!(r.status, 200);
+    assert!(!r.chunked, "{}", r.head);
+    assert_eq!(r.body.len() as u64, n);
+    assert!(r
+        .body
+        .iter()
+        .enumerate()
+        .all(|(i, &x)| x == pattern_byte(i as u64)));
+}
+
+#[test]
+fn backend_answering_before_the_body_ends_closes_the_client_connection() {
+    let b = Backend::start("a");
+    let mut p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    c.send(b"POST /early-reply HTTP/1.1\r\nHost: a\r\nContent-Length: 10000000\r\n\r\n");
+    let mut w = c.stream().try_clone().unwrap();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let block = [b'x'; 65536];
+        for _ in 0..150 {
+            if w.write_all(&block).is_err() {
+                return;
+            }
+        }
+    });
+    let r = c.read_response();
+    assert_eq!(r.status, 413);
+    // The rest of the body cannot be read as a next request: close.
+    assert!(c.is_closed());
+    assert_still_serves(&mut p);
+}
+
+#[test]
+fn backend_connection_close_does_not_close_the_client_connection() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    let r = c.get("/server-close");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "a");
+    assert_eq!(c.get("/").status, 200);
+    assert_eq!(
+        b.connections(),
+        2,
+        "a closed upstream connection was reused"
+    );
+}
+
+#[test]
+fn http10_backend_answer_reaches_http11_client_as_http11() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    let r = c.get("/http10");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.version, "HTTP/1.1");
+    assert_eq!(r.text(), "a");
+    assert_eq!(c.get("/").status, 200);
+    assert_eq!(b.connections(), 2);
+}
+
+#[test]
+fn upstream_read_timeout_does_not_cut_a_streaming_body() {
+    let b = Backend::start("a");
+    let mut cfg = Cfg::new(&[b.addr]);
+    cfg.upstream_read_timeout = "200ms";
+    let p = cfg.start();
+    let mut c = p.client();
+    // The head comes at once; body pieces 400 ms apart, under the server's
+    // read_timeout (10 s) but over the upstream's head timeout.
+    let r = c.get("/drip/400");
+    assert_eq!(r.status, 200);
+    let want: Vec<u8> = (0..300).map(pattern_byte).collect();
+    assert_eq!(r.body, want);
+}

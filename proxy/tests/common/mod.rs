@@ -303,6 +303,10 @@ pub fn pattern_byte(i: u64) -> u8 {
 /// | `/bad-cl`           | two differing Content-Length headers                     |
 /// | `/304-with-length`   | 304 with Content-Length 100 and (rightly) no body        |
 /// | `/big-head/N`        | a response head with an N-byte header                    |
+/// | `/server-close`      | 200 with the backend's own `Connection: close`           |
+/// | `/http10`            | an HTTP/1.0 answer with Content-Length, then close       |
+/// | `/drip/MS`           | head, then 3 pieces of 100 bytes MS ms apart             |
+/// | `/early-reply`       | 413 and close before reading the request body            |
 /// | `/early-hints`       | 103, then the normal answer                              |
 /// | `/trailers`          | chunked `hello` with a chunk extension and a trailer     |
 /// | `/garbage`           | bytes that are not HTTP, then close                       |
@@ -553,6 +557,14 @@ fn handle(
     {
         out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
     }
+    if target == "/early-reply" {
+        // Answers before reading the body, as a backend refusing an upload does.
+        st.received.lock().unwrap().push(rec);
+        out.write_all(
+            b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )?;
+        return Ok(false);
+    }
     read_body(r, framing, &mut rec)?;
     st.received.lock().unwrap().push(rec.clone());
     let client_close = version == "HTTP/1.0"
@@ -638,6 +650,31 @@ fn handle(
                 id.len()
             );
             out.write_all(h.as_bytes())?;
+            Ok(!client_close)
+        }
+        "server-close" => {
+            let h = format!(
+                "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{id}",
+                id.len()
+            );
+            out.write_all(h.as_bytes())?;
+            Ok(false)
+        }
+        "http10" => {
+            let h = format!(
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{id}",
+                id.len()
+            );
+            out.write_all(h.as_bytes())?;
+            Ok(false)
+        }
+        "drip" => {
+            out.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 300\r\n\r\n")?;
+            for i in 0..3u64 {
+                thread::sleep(Duration::from_millis(num));
+                let piece: Vec<u8> = (i * 100..(i + 1) * 100).map(pattern_byte).collect();
+                out.write_all(&piece)?;
+            }
             Ok(!client_close)
         }
         "early-hints" => {
