@@ -5,6 +5,7 @@
 //! decides the route, `balancer` picks a backend of the route's upstream and
 //! `upstream` keeps backend health and the keep-alive pool.
 
+pub mod access_log;
 pub mod balancer;
 pub mod buffer;
 pub mod config;

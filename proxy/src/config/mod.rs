@@ -55,6 +55,8 @@ pub struct ServerConfig {
     pub graceful_timeout: Duration,
     /// Largest request head accepted (431 beyond it); also bounds the URI (414).
     pub max_header_size: usize,
+    /// One JSON line per request, to this file (or "stderr"); off when `None`.
+    pub access_log: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -218,6 +220,7 @@ impl Config {
             header_timeout: Some(format_duration(s.header_timeout)),
             graceful_timeout: Some(format_duration(s.graceful_timeout)),
             max_header_size: Some(Size::Text(units::format_size(s.max_header_size as u64))),
+            access_log: s.access_log.clone(),
         };
         let admin = RawAdmin {
             listen: Some(self.admin.listen.to_string()),

@@ -40,6 +40,9 @@ pub struct RawServer {
     pub graceful_timeout: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_header_size: Option<Size>,
+    /// Where to write one JSON line per request: a file path, or "stderr".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

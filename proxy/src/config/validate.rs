@@ -168,6 +168,15 @@ impl Validator<'_> {
                 DEFAULT_GRACEFUL_TIMEOUT,
             )?,
             max_header_size: max_header_size as usize,
+            access_log: match &s.access_log {
+                Some(p) if p.trim().is_empty() => {
+                    return Err(self.err(
+                        "server.access_log",
+                        "empty path; write a file path or \"stderr\", or leave it out",
+                    ))
+                }
+                other => other.clone(),
+            },
         })
     }
 

@@ -104,9 +104,21 @@ pub(super) struct Exchange {
     pub started: Instant,
     /// Closing: the write side was shut down after the answer.
     pub shut: bool,
+    /// Status of the final response (for the access log).
+    pub status: u16,
+    /// "METHOD target" of the request, kept only when the access log is on.
+    pub req_line: Vec<u8>,
 }
 
 impl Exchange {
+    /// Resets for reuse, keeping the access-log line's allocation.
+    pub fn reset(&mut self, now: Instant) {
+        let mut line = std::mem::take(&mut self.req_line);
+        line.clear();
+        *self = Exchange::new(now);
+        self.req_line = line;
+    }
+
     pub fn new(now: Instant) -> Exchange {
         Exchange {
             inbuf: None,
@@ -139,6 +151,8 @@ impl Exchange {
             attempts: 0,
             started: now,
             shut: false,
+            status: 0,
+            req_line: Vec::new(),
         }
     }
 

@@ -139,6 +139,7 @@ pub struct EventLoop {
     waker: Arc<mio::Waker>,
     /// Draining for shutdown: no accepting, connections close when idle.
     drain_deadline: Option<Instant>,
+    pub(super) log: Option<crate::access_log::LoopLog>,
     pub(super) limits: Limits,
     open_connections: Arc<AtomicUsize>,
     pub(super) now: Instant,
@@ -154,6 +155,7 @@ impl EventLoop {
         stats: &'static LoopStats,
         open_connections: Arc<AtomicUsize>,
         commands: std::sync::mpsc::Receiver<LoopCommand>,
+        log: Option<crate::access_log::LoopLog>,
     ) -> io::Result<EventLoop> {
         let poll = Poll::new()?;
         let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
@@ -188,6 +190,7 @@ impl EventLoop {
             commands,
             waker,
             drain_deadline: None,
+            log,
             limits,
             open_connections,
             now,
@@ -249,6 +252,9 @@ impl EventLoop {
                 self.on_timer(key as usize, gen);
             }
             self.maybe_trim();
+            if let Some(log) = self.log.as_mut() {
+                log.flush_if_due(self.now);
+            }
         }
     }
 
@@ -559,7 +565,7 @@ impl EventLoop {
     pub(super) fn new_exchange(&mut self) -> Box<Exchange> {
         match self.exchanges.pop() {
             Some(mut ex) => {
-                *ex = Exchange::new(self.now);
+                ex.reset(self.now);
                 ex
             }
             None => Box::new(Exchange::new(self.now)),

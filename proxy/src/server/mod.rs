@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::access_log::AccessLog;
 use crate::config::{Config, RawConfig};
 use crate::control::board::{Board, MAX_LOOPS};
 use crate::control::snapshot::{self, RateMeter};
@@ -65,6 +66,12 @@ impl Server {
             listeners.push(listener::bind_reuseport(local_addr)?);
         }
         let open_connections = Arc::new(AtomicUsize::new(0));
+        let access_log = match &config.server.access_log {
+            Some(target) => Some(AccessLog::start(target).map_err(|e| {
+                io::Error::other(format!("server.access_log: cannot open {target}: {e}"))
+            })?),
+            None => None,
+        };
         let mut loops = Vec::new();
         let mut threads = Vec::new();
         for (i, listener) in listeners.into_iter().enumerate() {
@@ -76,6 +83,7 @@ impl Server {
                 board.loop_stats(process, i),
                 open_connections.clone(),
                 rx,
+                access_log.as_ref().map(AccessLog::for_loop),
             )?;
             loops.push(LoopHandle {
                 commands: tx,
@@ -207,6 +215,9 @@ pub fn refuse_restart_only_changes(old: &Config, new: &Config) -> Result<(), App
             "server.max_header_size",
             "a larger head limit (buffer size)",
         );
+    }
+    if old.server.access_log != new.server.access_log {
+        return restart("server.access_log", "the access log's destination");
     }
     if old.admin.listen != new.admin.listen {
         return restart("admin.listen", "the admin address");

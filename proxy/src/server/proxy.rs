@@ -210,6 +210,12 @@ impl EventLoop {
     fn begin(&mut self, ck: usize, ex: &mut Exchange, head: RequestHead) -> Step {
         LoopStats::add(&self.stats.requests, 1);
         let data = ex.inbuf.as_ref().expect("head parsed from inbuf").data();
+        if self.log.is_some() {
+            ex.req_line.clear();
+            ex.req_line.extend_from_slice(head.method_bytes(data));
+            ex.req_line.push(b' ');
+            ex.req_line.extend_from_slice(head.target.get(data));
+        }
         let host = head.host.map_or(&b""[..], |h| h.get(data));
         let Some(route) = self.routing.router.route(host, head.path(data)) else {
             return self.reject(ck, ex, Reject::NotFound);
@@ -459,6 +465,7 @@ impl EventLoop {
                     }
                     let latency = self.now.saturating_duration_since(ex.started);
                     self.backend_answered(ex.upstream, ex.backend, head.status, latency);
+                    ex.status = head.status;
                     ex.close_after |= head.close_client;
                     ex.upstream_reusable = head.upstream_reusable;
                     ex.resp_body = Some(BodyScan::new(head.framing, head.strip_chunked));
@@ -579,6 +586,7 @@ impl EventLoop {
         if let Some(uk) = ex.upstream_key.take() {
             self.finish_upstream(ex.upstream, ex.backend, uk, reusable);
         }
+        self.log_request(ck, ex, ex.status);
         self.bufs.put_opt(&mut ex.req_head);
         self.bufs.put_opt(&mut ex.resp_buf);
         self.bufs.put_opt(&mut ex.resp_head);
@@ -681,6 +689,7 @@ impl EventLoop {
     /// afterwards (its framing can no longer be trusted).
     fn reject(&mut self, ck: usize, ex: &mut Exchange, reject: Reject) -> Step {
         LoopStats::add(&self.stats.rejects[reject as usize], 1);
+        self.log_request(ck, ex, reject.status());
         if let Some(uk) = ex.upstream_key.take() {
             self.finish_upstream(ex.upstream, ex.backend, uk, false);
         }
@@ -697,6 +706,45 @@ impl EventLoop {
         ex.tunnel = false;
         ex.resp_body = None;
         self.start_closing(ck, ex)
+    }
+
+    /// One access-log line for the request in `ex`, when the log is on.
+    fn log_request(&mut self, ck: usize, ex: &mut Exchange, status: u16) {
+        let Some(log) = self.log.as_mut() else {
+            return;
+        };
+        let client = match self.slab.get(ck) {
+            Some(Entry::Client(c)) => c.peer,
+            _ => return,
+        };
+        let line = &ex.req_line;
+        let (method, target) = match line.iter().position(|&b| b == b' ') {
+            Some(i) => (&line[..i], &line[i + 1..]),
+            None => (&b"-"[..], &b"-"[..]),
+        };
+        let begun = !line.is_empty();
+        let upstream = match self.routing.config.upstreams.get_index(ex.upstream) {
+            Some((name, _)) if begun => name.as_str(),
+            _ => "-",
+        };
+        let backend = match self.routing.backend_hosts.get(ex.upstream) {
+            Some(hosts) if begun => hosts.get(ex.backend).map_or("-", String::as_str),
+            _ => "-",
+        };
+        log.record(
+            self.now,
+            &crate::access_log::Entry {
+                client,
+                method,
+                target,
+                status,
+                upstream,
+                backend,
+                bytes_out: ex.resp_body.as_ref().map_or(0, |b| b.forwarded),
+                duration: self.now.saturating_duration_since(ex.started),
+            },
+        );
+        ex.req_line.clear();
     }
 
     fn start_closing(&mut self, ck: usize, ex: &mut Exchange) -> Step {

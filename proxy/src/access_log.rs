@@ -1,0 +1,193 @@
+//! The access log: one JSON line per request, written by its own thread so
+//! an event loop never waits on a disk. Each loop collects lines in a batch
+//! and hands it over a bounded channel when it is big or old enough; when
+//! the writer falls behind, batches are dropped and counted, never waited for.
+
+use std::fs::OpenOptions;
+use std::io::{self, Write};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Batches in flight to the writer before loops start dropping.
+const QUEUE: usize = 64;
+const BATCH_BYTES: usize = 32 * 1024;
+const BATCH_AGE: Duration = Duration::from_millis(200);
+
+/// The writer thread's end, shared by the loops of a process.
+#[derive(Clone)]
+pub struct AccessLog {
+    tx: SyncSender<Vec<u8>>,
+    /// Lines dropped because the writer fell behind.
+    pub dropped: Arc<AtomicU64>,
+}
+
+impl AccessLog {
+    /// Opens `target` (a path, or "stderr") and starts the writer thread.
+    pub fn start(target: &str) -> io::Result<AccessLog> {
+        let out: Box<dyn Write + Send> = if target == "stderr" {
+            Box::new(io::stderr())
+        } else {
+            Box::new(OpenOptions::new().create(true).append(true).open(target)?)
+        };
+        let (tx, rx) = sync_channel(QUEUE);
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || write_batches(rx, out))?;
+        Ok(AccessLog {
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    pub fn for_loop(&self) -> LoopLog {
+        LoopLog {
+            log: self.clone(),
+            batch: Vec::with_capacity(BATCH_BYTES),
+            lines: 0,
+            oldest: None,
+        }
+    }
+}
+
+fn write_batches(rx: Receiver<Vec<u8>>, mut out: Box<dyn Write + Send>) {
+    while let Ok(batch) = rx.recv() {
+        if out.write_all(&batch).is_err() {
+            return; // disk full or closed: the loops will start dropping
+        }
+        let _ = out.flush();
+    }
+}
+
+/// One loop's batch of lines.
+pub struct LoopLog {
+    log: AccessLog,
+    batch: Vec<u8>,
+    lines: u64,
+    oldest: Option<Instant>,
+}
+
+/// What a line says about one request.
+pub struct Entry<'a> {
+    pub client: IpAddr,
+    pub method: &'a [u8],
+    pub target: &'a [u8],
+    pub status: u16,
+    pub upstream: &'a str,
+    pub backend: &'a str,
+    pub bytes_out: u64,
+    pub duration: Duration,
+}
+
+impl LoopLog {
+    pub fn record(&mut self, now: Instant, e: &Entry) {
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        let b = &mut self.batch;
+        let _ = write!(
+            b,
+            "{{\"ts\":{ts:.3},\"client\":\"{}\",\"method\":\"",
+            e.client
+        );
+        escape_into(b, e.method);
+        b.extend_from_slice(b"\",\"target\":\"");
+        escape_into(b, e.target);
+        let _ = writeln!(
+            b,
+            "\",\"status\":{},\"upstream\":\"{}\",\"backend\":\"{}\",\"bytes_out\":{},\"duration_ms\":{:.3}}}",
+            e.status,
+            e.upstream,
+            e.backend,
+            e.bytes_out,
+            e.duration.as_secs_f64() * 1e3
+        );
+        self.lines += 1;
+        self.oldest.get_or_insert(now);
+        if self.batch.len() >= BATCH_BYTES {
+            self.flush();
+        }
+    }
+
+    /// Hands the batch over once it has waited long enough.
+    pub fn flush_if_due(&mut self, now: Instant) {
+        if self
+            .oldest
+            .is_some_and(|t| now.duration_since(t) >= BATCH_AGE)
+        {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_BYTES));
+        match self.log.tx.try_send(batch) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.log.dropped.fetch_add(self.lines, Relaxed);
+            }
+        }
+        self.lines = 0;
+        self.oldest = None;
+    }
+}
+
+/// JSON string escaping for bytes from the network.
+fn escape_into(out: &mut Vec<u8>, bytes: &[u8]) {
+    for &c in bytes {
+        match c {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            0x20..=0x7e => out.push(c),
+            _ => {
+                let _ = write!(out, "\\u{c:04x}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_json_and_reach_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let log = AccessLog::start(path.to_str().unwrap()).unwrap();
+        let mut l = log.for_loop();
+        let now = Instant::now();
+        l.record(
+            now,
+            &Entry {
+                client: "10.0.0.1".parse().unwrap(),
+                method: b"GET",
+                target: b"/a\"b\x01",
+                status: 200,
+                upstream: "default",
+                backend: "127.0.0.1:9000",
+                bytes_out: 12,
+                duration: Duration::from_micros(1500),
+            },
+        );
+        l.flush_if_due(now + BATCH_AGE);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let text = loop {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if !text.is_empty() || Instant::now() > deadline {
+                break text;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(v["target"], "/a\"b\u{1}");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["duration_ms"], 1.5);
+    }
+}
