@@ -521,3 +521,24 @@ fn retries_at_most_the_configured_number_of_times() {
     let tries: usize = bs.iter().map(Backend::requests).sum();
     assert_eq!(tries, 3, "retries: 2 means one try and two retries");
 }
+
+#[test]
+fn rejects_headers_over_a_configured_max_header_size() {
+    let b = Backend::start("a");
+    let mut cfg = Cfg::new(&[b.addr]);
+    cfg.max_header_size = 4096;
+    let mut p = cfg.start();
+    let req = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(5000)
+    );
+    assert_rejected(&mut p, req.as_bytes(), 431);
+    // Under the limit: forwarded.
+    let mut c = p.client();
+    let req = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(3000)
+    );
+    c.send(req.as_bytes());
+    assert_eq!(c.read_response().status, 200);
+}

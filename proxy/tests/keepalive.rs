@@ -295,3 +295,39 @@ fn refused_connections_do_not_use_up_slots() {
     }
     assert!(ok, "the slot never came back after 5 refusals");
 }
+
+/// After `/extra/MS` the backend's connection holds a stray response; no
+/// later request may receive it.
+fn stray_bytes_after_a_response_are_never_delivered(ms: u64) {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    let r = c.get(&format!("/extra/{ms}"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "a");
+    if ms > 0 {
+        std::thread::sleep(Duration::from_millis(ms + 100));
+    }
+    for _ in 0..3 {
+        let mut fresh = p.client();
+        let r = fresh.get("/");
+        assert_eq!(r.text(), "a", "a stray response was delivered: {}", r.head);
+        let r = c.get("/");
+        assert_eq!(r.text(), "a", "a stray response was delivered: {}", r.head);
+    }
+    assert_eq!(
+        b.connections(),
+        2,
+        "the connection with stray bytes was reused"
+    );
+}
+
+#[test]
+fn stray_bytes_in_the_same_segment_as_a_response_are_not_delivered() {
+    stray_bytes_after_a_response_are_never_delivered(0);
+}
+
+#[test]
+fn stray_bytes_arriving_on_an_idle_pooled_connection_are_not_delivered() {
+    stray_bytes_after_a_response_are_never_delivered(50);
+}

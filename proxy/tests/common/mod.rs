@@ -307,6 +307,7 @@ pub fn pattern_byte(i: u64) -> u8 {
 /// | `/http10`            | an HTTP/1.0 answer with Content-Length, then close       |
 /// | `/drip/MS`           | head, then 3 pieces of 100 bytes MS ms apart             |
 /// | `/early-reply`       | 413 and close before reading the request body            |
+/// | `/extra/MS`          | a 1-byte answer, then MS ms later a stray second answer  |
 /// | `/early-hints`       | 103, then the normal answer                              |
 /// | `/trailers`          | chunked `hello` with a chunk extension and a trailer     |
 /// | `/garbage`           | bytes that are not HTTP, then close                       |
@@ -676,6 +677,16 @@ fn handle(
                 out.write_all(&piece)?;
             }
             Ok(!client_close)
+        }
+        "extra" => {
+            // One byte of body as announced, then (MS ms later) bytes that
+            // look like a second response: a desync the proxy must not pass on.
+            out.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na")?;
+            if num > 0 {
+                thread::sleep(Duration::from_millis(num));
+            }
+            out.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nEVIL!")?;
+            Ok(true)
         }
         "early-hints" => {
             out.write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n")?;
