@@ -756,3 +756,47 @@ fn upstream_read_timeout_does_not_cut_a_streaming_body() {
     let want: Vec<u8> = (0..300).map(pattern_byte).collect();
     assert_eq!(r.body, want);
 }
+
+#[test]
+fn client_stalling_mid_body_does_not_count_against_the_backend() {
+    let b = Backend::start("a");
+    let mut cfg = Cfg::new(&[b.addr]);
+    cfg.upstream_read_timeout = "300ms";
+    cfg.max_fails = 1;
+    cfg.fail_timeout = "30s";
+    let p = cfg.start();
+    let mut slow = p.client();
+    slow.send(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n0123456789");
+    // The client, not the backend, is late: whatever the proxy does with
+    // this connection, the backend must stay in rotation.
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    let first = slow.try_read_response(false);
+    let mut other = p.client();
+    let r = other.get("/");
+    assert_eq!(
+        r.status, 200,
+        "a stalled client took the backend down: {}",
+        r.head
+    );
+    if let Ok(r) = slow.try_read_response(false) {
+        assert_ne!(
+            r.status, 504,
+            "a stalled client got 504: the backend was blamed"
+        );
+    }
+}
+
+#[test]
+fn closes_client_that_stops_reading_after_write_timeout() {
+    let b = Backend::start("a");
+    let yaml = Cfg::new(&[b.addr]).yaml().replace(
+        "  read_timeout: 10s\n  write_timeout: 10s",
+        "  read_timeout: 60s\n  write_timeout: 500ms",
+    );
+    let p = Proxy::start(&yaml);
+    let mut c = p.client();
+    c.send(b"GET /download/500000000 HTTP/1.1\r\nHost: a\r\n\r\n");
+    // Never read: once buffers fill, nothing moves for write_timeout and the
+    // proxy gives up on the client and the backend connection.
+    wait_until("the proxy to drop the stuck exchange", || b.closed() >= 1);
+}
