@@ -899,6 +899,11 @@ impl Client {
         self.r.get_ref()
     }
 
+    /// Changes the read timeout (IO_TIMEOUT by default).
+    pub fn set_timeout(&mut self, d: Duration) {
+        self.r.get_ref().set_read_timeout(Some(d)).unwrap();
+    }
+
     pub fn send(&mut self, bytes: &[u8]) {
         self.r.get_mut().write_all(bytes).expect("write to proxy");
     }
