@@ -542,3 +542,39 @@ fn rejects_headers_over_a_configured_max_header_size() {
     c.send(req.as_bytes());
     assert_eq!(c.read_response().status, 200);
 }
+
+#[test]
+fn answers_504_when_backend_connect_times_out() {
+    let good = Backend::start("good");
+    let hole = Blackhole::start();
+    let mut cfg = Cfg::new(&[good.addr]);
+    cfg.extra_upstreams = format!(
+        "  dead:\n    backends: [ {{ addr: \"{}\" }} ]\n    connect_timeout: 300ms\n",
+        hole.addr
+    );
+    cfg.extra_routes =
+        "  dead: { upstream: dead, match: { path_prefix: \"/dead\" } }\n".to_string();
+    let mut p = cfg.start();
+    let (r, closed) = exchange_raw(&p, b"GET /dead HTTP/1.1\r\nHost: a\r\n\r\n");
+    // LIFECYCLE.md: "retry or 504"; with no other backend to try it is a
+    // timeout, as nginx answers it, not a refusal.
+    assert_eq!(r.status, 504, "a connect timeout got {}", r.head);
+    assert!(closed);
+    assert_still_serves(&mut p);
+}
+
+#[test]
+fn rejects_content_length_too_large_to_represent() {
+    let (_b, mut p) = proxy_with_backend();
+    assert_rejected(
+        &mut p,
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+        400,
+    );
+}
+
+#[test]
+fn rejects_repeated_host_in_another_case() {
+    let (_b, mut p) = proxy_with_backend();
+    assert_rejected(&mut p, b"GET / HTTP/1.1\r\nHost: a\r\nhOsT: a\r\n\r\n", 400);
+}

@@ -178,3 +178,28 @@ fn drops_hop_by_hop_response_headers() {
     assert!(!r.says_close(), "{}", r.head);
     assert_eq!(c.get("/").status, 200);
 }
+
+#[test]
+fn forwards_obs_text_in_header_values_unchanged() {
+    let (req, _) = echo_of("GET /echo HTTP/1.1\r\nHost: a\r\nX-Name: café\r\n\r\n".as_bytes());
+    assert_eq!(req.header("x-name"), Some("café"));
+}
+
+#[test]
+fn keeps_transfer_codings_other_than_chunked_in_responses() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    let r = c.get("/te-gzip");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "GZIPD");
+    let te = r
+        .header("transfer-encoding")
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    assert!(
+        te.contains("gzip"),
+        "the gzip coding was dropped; the client cannot decode the body:\n{}",
+        r.head
+    );
+}

@@ -802,3 +802,27 @@ fn closes_client_that_stops_reading_after_write_timeout() {
     // proxy gives up on the client and the backend connection.
     wait_until("the proxy to drop the stuck exchange", || b.closed() >= 1);
 }
+
+#[test]
+fn answers_pipelined_requests_for_large_responses() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    let n = 100;
+    let mut all = Vec::new();
+    for _ in 0..n {
+        all.extend_from_slice(b"GET /download/200000 HTTP/1.1\r\nHost: a\r\n\r\n");
+    }
+    let mut w = c.stream().try_clone().unwrap();
+    let t = std::thread::spawn(move || {
+        use std::io::Write;
+        w.write_all(&all).unwrap();
+    });
+    for i in 0..n {
+        let (r, len, ok) = c.read_response_counting();
+        assert_eq!(r.status, 200, "response {i}");
+        assert_eq!(len, 200_000);
+        assert!(ok);
+    }
+    t.join().unwrap();
+}

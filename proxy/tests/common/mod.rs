@@ -233,6 +233,40 @@ impl Cfg {
     }
 }
 
+/// A listener whose accept queue is full and never drained: new connects
+/// to it hang (the kernel drops their SYNs), as with an unreachable host.
+pub struct Blackhole {
+    pub addr: SocketAddr,
+    _listener: socket2::Socket,
+    _fillers: Vec<socket2::Socket>,
+}
+
+impl Blackhole {
+    pub fn start() -> Blackhole {
+        let l = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        l.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .expect("bind");
+        l.listen(0).expect("listen");
+        let addr = l.local_addr().unwrap().as_socket().unwrap();
+        // Fill the queue; connects past it stay in SYN-SENT.
+        let mut fillers = Vec::new();
+        for _ in 0..4 {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                .expect("socket");
+            s.set_nonblocking(true).unwrap();
+            let _ = s.connect(&addr.into());
+            fillers.push(s);
+        }
+        thread::sleep(Duration::from_millis(50));
+        Blackhole {
+            addr,
+            _listener: l,
+            _fillers: fillers,
+        }
+    }
+}
+
 /// A loopback port nothing listens on (bound, then released).
 pub fn closed_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -308,6 +342,7 @@ pub fn pattern_byte(i: u64) -> u8 {
 /// | `/drip/MS`           | head, then 3 pieces of 100 bytes MS ms apart             |
 /// | `/early-reply`       | 413 and close before reading the request body            |
 /// | `/extra/MS`          | a 1-byte answer, then MS ms later a stray second answer  |
+/// | `/te-gzip`           | `Transfer-Encoding: gzip, chunked` body `GZIPD`          |
 /// | `/early-hints`       | 103, then the normal answer                              |
 /// | `/trailers`          | chunked `hello` with a chunk extension and a trailer     |
 /// | `/garbage`           | bytes that are not HTTP, then close                       |
@@ -687,6 +722,13 @@ fn handle(
             }
             out.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nEVIL!")?;
             Ok(true)
+        }
+        "te-gzip" => {
+            // A transfer coding besides chunked: the client must learn of it.
+            out.write_all(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nGZIPD\r\n0\r\n\r\n",
+            )?;
+            Ok(!client_close)
         }
         "early-hints" => {
             out.write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n")?;
