@@ -578,3 +578,68 @@ fn rejects_repeated_host_in_another_case() {
     let (_b, mut p) = proxy_with_backend();
     assert_rejected(&mut p, b"GET / HTTP/1.1\r\nHost: a\r\nhOsT: a\r\n\r\n", 400);
 }
+
+#[test]
+fn survives_mutated_responses_from_backends() {
+    let b = Backend::start("a");
+    let mut cfg = Cfg::new(&[b.addr]);
+    cfg.max_fails = 1_000_000; // garbage answers must not take it out of rotation here
+    let mut p = cfg.start();
+    for seed in 1..=500 {
+        let mut c = p.client();
+        c.set_timeout(Duration::from_secs(3));
+        c.send(format!("GET /random/{seed} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes());
+        // Our FIN: after any answer (or none) the proxy closes; the backend
+        // closes after its bytes.
+        let _ = c.stream().shutdown(std::net::Shutdown::Write);
+        let rest = c.read_rest();
+        assert!(
+            rest.is_ok(),
+            "seed {seed}: the connection neither closed nor finished"
+        );
+    }
+    assert_still_serves(&mut p);
+}
+
+#[test]
+fn survives_mutated_requests() {
+    let (_b, mut p) = proxy_with_backend();
+    let templates: [&[u8]; 4] = [
+        b"GET /echo HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-A\r\nX-A: 1\r\n\r\n",
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\nT: 1\r\n\r\n",
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\nhello",
+        b"GET /upgrade HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nhi",
+    ];
+    let mut x: u64 = 0x1234_5678_9abc_def1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for _ in 0..1000 {
+        let mut bytes = templates[(next() % 4) as usize].to_vec();
+        for _ in 0..1 + next() % 3 {
+            let i = (next() as usize) % bytes.len();
+            match next() % 3 {
+                0 => bytes[i] = next() as u8,
+                1 => bytes.insert(i, b"\r\n:; \t0fF-\0,"[(next() % 12) as usize]),
+                _ => {
+                    bytes.remove(i);
+                }
+            }
+        }
+        let mut c = p.client();
+        c.set_timeout(Duration::from_secs(3));
+        let _ = c.try_send(&bytes);
+        // Our FIN ends anything the mutation left incomplete.
+        let _ = c.stream().shutdown(std::net::Shutdown::Write);
+        let rest = c.read_rest();
+        assert!(
+            rest.is_ok(),
+            "{:?}: the connection neither closed nor finished",
+            String::from_utf8_lossy(&bytes)
+        );
+    }
+    assert_still_serves(&mut p);
+}

@@ -343,6 +343,7 @@ pub fn pattern_byte(i: u64) -> u8 {
 /// | `/early-reply`       | 413 and close before reading the request body            |
 /// | `/extra/MS`          | a 1-byte answer, then MS ms later a stray second answer  |
 /// | `/te-gzip`           | `Transfer-Encoding: gzip, chunked` body `GZIPD`          |
+/// | `/random/SEED`       | a valid response with a few random byte mutations, close |
 /// | `/early-hints`       | 103, then the normal answer                              |
 /// | `/trailers`          | chunked `hello` with a chunk extension and a trailer     |
 /// | `/garbage`           | bytes that are not HTTP, then close                       |
@@ -729,6 +730,39 @@ fn handle(
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nGZIPD\r\n0\r\n\r\n",
             )?;
             Ok(!client_close)
+        }
+        "random" => {
+            // A response head that starts right and goes wrong: fuzzing
+            // the proxy's response parser with a reproducible sequence.
+            let mut x = num.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            let mut next = move || {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x
+            };
+            let templates: [&[u8]; 4] = [
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+                b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok",
+            ];
+            let mut bytes = templates[(next() % 4) as usize].to_vec();
+            for _ in 0..1 + next() % 4 {
+                let i = (next() as usize) % bytes.len();
+                match next() % 3 {
+                    0 => bytes[i] = next() as u8,
+                    1 => {
+                        bytes.insert(i, b"\r\n:; \t0fF-\0"[(next() % 11) as usize]);
+                    }
+                    _ => {
+                        bytes.remove(i);
+                    }
+                }
+            }
+            out.write_all(&bytes)?;
+            thread::sleep(Duration::from_millis(20));
+            Ok(false)
         }
         "early-hints" => {
             out.write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n")?;
