@@ -717,11 +717,16 @@ fn handle(
         "extra" => {
             // One byte of body as announced, then (MS ms later) bytes that
             // look like a second response: a desync the proxy must not pass on.
-            out.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na")?;
-            if num > 0 {
+            let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na";
+            let stray = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nEVIL!";
+            if num == 0 {
+                // One write: both arrive in the same segment.
+                out.write_all(&[&answer[..], &stray[..]].concat())?;
+            } else {
+                out.write_all(answer)?;
                 thread::sleep(Duration::from_millis(num));
+                out.write_all(stray)?;
             }
-            out.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nEVIL!")?;
             Ok(true)
         }
         "te-gzip" => {
