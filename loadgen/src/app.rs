@@ -437,3 +437,46 @@ fn out(s: &str) {
     let mut o = std::io::stdout().lock();
     let _ = o.write_all(s.as_bytes()).and_then(|_| o.flush());
 }
+
+/// `loadgen journey`; returns the exit code.
+pub fn journey(path: &std::path::Path, json: bool, quiet: bool) -> u8 {
+    use crate::journey::{self, JourneyError};
+    let j = match journey::load(path) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("loadgen journey: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    match journey::run(&j, quiet || json) {
+        Ok(o) => {
+            if json {
+                out(&format!(
+                    "{}\n",
+                    serde_json::to_string_pretty(&o.summary).expect("summary serializes")
+                ));
+            } else {
+                if !quiet {
+                    out(&o.goose_text);
+                }
+                out(&crate::report::text(&o.summary));
+            }
+            for f in &o.thresholds_failed {
+                eprintln!("loadgen journey: threshold failed: {f}");
+            }
+            if o.thresholds_failed.is_empty() {
+                0
+            } else {
+                EXIT_THRESHOLD
+            }
+        }
+        Err(e @ JourneyError::Scenario(_)) => {
+            eprintln!("loadgen journey: {e}");
+            EXIT_USAGE
+        }
+        Err(e) => {
+            eprintln!("loadgen journey: {e}");
+            EXIT_FAILURE
+        }
+    }
+}

@@ -8,6 +8,7 @@ pub mod backend;
 pub mod engine;
 pub mod hdrlog;
 pub mod http1;
+pub mod journey;
 pub mod procstat;
 pub mod progress;
 pub mod report;

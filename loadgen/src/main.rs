@@ -38,6 +38,18 @@ enum Cmd {
         #[arg(long)]
         workers: Option<usize>,
     },
+    /// Multi-step user journeys from a YAML scenario, run by goose.
+    Journey {
+        /// The scenario file (see docs/loadgen.md).
+        #[arg(long)]
+        scenario: PathBuf,
+        /// Print the figures in loadgen's JSON shape instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Keep goose's own output quiet.
+        #[arg(short = 'q', long)]
+        quiet: bool,
+    },
     /// Merge --hdr-log files of several runs or shards into one result, exactly.
     Merge {
         #[arg(required = true)]
@@ -162,6 +174,11 @@ fn main() -> ExitCode {
             };
             ExitCode::from(loadgen::app::run(spec))
         }
+        Cmd::Journey {
+            scenario,
+            json,
+            quiet,
+        } => ExitCode::from(loadgen::app::journey(&scenario, json, quiet)),
         Cmd::Merge { files, json } => ExitCode::from(loadgen::app::merge(&files, json)),
         Cmd::Backend {
             listen,
