@@ -214,3 +214,65 @@ fn p2c_prefers_fast_backend() {
     );
     assert!(f >= 4 * s.max(1), "fast {f}, slow {s}: {seq:?}");
 }
+
+#[test]
+fn every_balancer_skips_a_backend_that_is_down() {
+    for lb in ["round_robin", "weight", "least_conn", "ip_hash", "p2c"] {
+        let good = Backend::start("good");
+        let dead = closed_port();
+        // The dead one is heavier and listed first: it would be picked often.
+        let mut cfg = Cfg::weighted(&[(dead, 5), (good.addr, 1)]).balancer(lb);
+        cfg.max_fails = 1;
+        cfg.fail_timeout = "30s";
+        let p = cfg.start();
+        let mut c = p.client();
+        for i in 0..10 {
+            let r = c.get("/");
+            assert_eq!(r.status, 200, "{lb}, request {i}: {}", r.head);
+            assert_eq!(r.text(), "good", "{lb}");
+        }
+    }
+}
+
+#[test]
+fn backend_returns_to_rotation_after_fail_timeout() {
+    let good = Backend::start("good");
+    let down = closed_port();
+    let mut cfg = Cfg::new(&[good.addr, down]);
+    cfg.max_fails = 1;
+    cfg.fail_timeout = "300ms";
+    let p = cfg.start();
+    let mut c = p.client();
+    for _ in 0..4 {
+        assert_eq!(c.get("/").text(), "good");
+    }
+    // It comes back up; after fail_timeout it gets its share again.
+    let back = Backend::start_on("back", down);
+    std::thread::sleep(Duration::from_millis(400));
+    let seq = sequence(&p, 10);
+    assert!(seq.iter().any(|id| id == "back"), "{seq:?}");
+    assert!(back.requests() > 0);
+}
+
+#[test]
+fn ip_hash_maps_a_client_the_same_way_on_every_event_loop() {
+    let bs: Vec<Backend> = ["a", "b", "c"]
+        .iter()
+        .map(|id| Backend::start(id))
+        .collect();
+    let addrs: Vec<_> = bs.iter().map(|b| b.addr).collect();
+    let yaml = Cfg::new(&addrs)
+        .balancer("ip_hash")
+        .yaml()
+        .replace("workers: 1", "workers: 2");
+    let p = Proxy::start(&yaml);
+    // Connections from one address land on either loop (SO_REUSEPORT hashes
+    // the source port); they must all reach the same backend.
+    for src in [2u8, 3, 4, 5] {
+        let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, src));
+        let ids: Vec<String> = (0..12)
+            .map(|_| Client::connect_from(p.addr, ip).get("/").text())
+            .collect();
+        assert!(ids.iter().all(|i| *i == ids[0]), "127.0.0.{src}: {ids:?}");
+    }
+}

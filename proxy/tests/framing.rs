@@ -643,3 +643,40 @@ fn survives_mutated_requests() {
     }
     assert_still_serves(&mut p);
 }
+
+#[test]
+fn does_not_resend_idempotent_request_whose_body_went_upstream() {
+    let (a, b, p) = two_resetting_backends();
+    let (r, _) = exchange_raw(
+        &p,
+        b"PUT /reset HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+    );
+    assert_eq!(r.status, 502);
+    assert_eq!(
+        a.requests() + b.requests(),
+        1,
+        "a PUT whose body was streamed was sent twice"
+    );
+}
+
+#[test]
+fn max_conn_is_shared_by_event_loops() {
+    let b = Backend::start("a");
+    let mut cfg = Cfg::new(&[b.addr]);
+    cfg.max_conn = 4;
+    let yaml = cfg.yaml().replace("workers: 1", "workers: 2");
+    let p = Proxy::start(&yaml);
+    let mut held: Vec<Client> = Vec::new();
+    for _ in 0..4 {
+        let mut c = p.client();
+        assert_eq!(c.get("/").status, 200);
+        held.push(c);
+    }
+    // Whichever loop the kernel hands them to, the fifth and sixth are refused.
+    for _ in 0..2 {
+        let mut c = p.client();
+        let _ = c.try_send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(c.read_response().status, 503);
+        assert!(c.is_closed());
+    }
+}

@@ -826,3 +826,39 @@ fn answers_pipelined_requests_for_large_responses() {
     }
     t.join().unwrap();
 }
+
+#[test]
+fn closes_client_when_chunked_response_is_cut_short() {
+    let b = Backend::start("a");
+    let mut p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    c.send(b"GET /chunked-cut HTTP/1.1\r\nHost: a\r\n\r\n");
+    match c.try_read_response(false) {
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+            ),
+            "expected the connection to end, got {e}"
+        ),
+        Ok(r) => panic!(
+            "a cut chunked response looked whole: {} {:?}",
+            r.head,
+            r.text()
+        ),
+    }
+    assert_still_serves(&mut p);
+}
+
+#[test]
+fn dechunked_response_closes_http10_keep_alive_connection() {
+    let b = Backend::start("a");
+    let p = Cfg::new(&[b.addr]).start();
+    let mut c = p.client();
+    // HTTP/1.0 has no chunked coding: the end of the body is the close.
+    c.send(b"GET /chunked/3000 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    let r = c.read_response();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), 3000);
+    assert!(!r.has_header("transfer-encoding"), "{}", r.head);
+}

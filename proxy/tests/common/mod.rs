@@ -344,6 +344,7 @@ pub fn pattern_byte(i: u64) -> u8 {
 /// | `/extra/MS`          | a 1-byte answer, then MS ms later a stray second answer  |
 /// | `/te-gzip`           | `Transfer-Encoding: gzip, chunked` body `GZIPD`          |
 /// | `/random/SEED`       | a valid response with a few random byte mutations, close |
+/// | `/chunked-cut`       | a chunked body cut before its last chunk, then FIN      |
 /// | `/early-hints`       | 103, then the normal answer                              |
 /// | `/trailers`          | chunked `hello` with a chunk extension and a trailer     |
 /// | `/garbage`           | bytes that are not HTTP, then close                       |
@@ -374,9 +375,25 @@ impl Backend {
         Backend::start_with_delay(id, Duration::ZERO)
     }
 
+    /// A backend on a given address (e.g. one that was down until now).
+    pub fn start_on(id: &str, addr: SocketAddr) -> Backend {
+        Backend::listen(
+            id,
+            Duration::ZERO,
+            TcpListener::bind(addr).expect("bind backend"),
+        )
+    }
+
     /// A backend that waits `delay` before every answer.
     pub fn start_with_delay(id: &str, delay: Duration) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
+        Backend::listen(
+            id,
+            delay,
+            TcpListener::bind("127.0.0.1:0").expect("bind backend"),
+        )
+    }
+
+    fn listen(id: &str, delay: Duration, listener: TcpListener) -> Backend {
         let addr = listener.local_addr().expect("backend addr");
         let state = Arc::new(BackendState {
             id: id.to_string(),
@@ -769,6 +786,12 @@ fn handle(
             thread::sleep(Duration::from_millis(20));
             Ok(false)
         }
+        "chunked-cut" => {
+            // A chunked body that stops before its last chunk: the backend left.
+            out.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")?;
+            thread::sleep(Duration::from_millis(50));
+            Ok(false)
+        }
         "early-hints" => {
             out.write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n")?;
             simple(out, "200 OK", id.as_bytes())
@@ -1042,7 +1065,12 @@ impl Client {
             resp.chunked = true;
             loop {
                 let mut line = String::new();
-                self.r.read_line(&mut line)?;
+                if self.r.read_line(&mut line)? == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "closed inside a chunked body",
+                    ));
+                }
                 let size = u64::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
                     .map_err(|_| io::Error::other(format!("bad chunk size {line:?}")))?;
                 if size == 0 {
