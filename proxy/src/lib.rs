@@ -6,6 +6,7 @@
 //! `upstream` keeps backend health and the keep-alive pool.
 
 pub mod access_log;
+pub mod admin;
 pub mod balancer;
 pub mod buffer;
 pub mod config;
