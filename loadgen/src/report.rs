@@ -207,6 +207,12 @@ pub fn text(s: &Summary) -> String {
             sc.late_requests,
             sc.paced_requests
         ));
+        if sc.late_requests * 100 > sc.paced_requests.max(1) {
+            out.push_str(
+                "  (more than 1% of requests went out late: the target was slower than the \
+                 schedule, or the generator needs more connections (-c) or threads (-t))\n",
+            );
+        }
     }
     out.push_str(&format!(
         "  Errors: {} (connect {}, read {}, write {}, timeout {}, status 4xx {}, status 5xx {}, parse {})\n",
