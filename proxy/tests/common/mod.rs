@@ -23,6 +23,8 @@ pub struct Proxy {
     child: Child,
     pub addr: SocketAddr,
     _config: tempfile::NamedTempFile,
+    /// The proxy's stderr; shown when a test fails.
+    log: tempfile::NamedTempFile,
 }
 
 impl Proxy {
@@ -34,13 +36,14 @@ impl Proxy {
             .expect("temp config file");
         file.write_all(yaml.as_bytes()).expect("write config");
         file.flush().expect("flush config");
+        let log = tempfile::NamedTempFile::new().expect("temp log file");
         let mut child = Command::new(env!("CARGO_BIN_EXE_speedmimi"))
             .arg("--config")
             .arg(file.path())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(log.reopen().expect("log file"))
             .spawn()
             .expect("spawn speedmimi");
         let stdout = child.stdout.take().expect("stdout");
@@ -56,7 +59,8 @@ impl Proxy {
             Ok(line) => line,
             Err(_) => {
                 let _ = child.kill();
-                panic!("speedmimi printed nothing within {IO_TIMEOUT:?}\nconfig:\n{yaml}");
+                let err = std::fs::read_to_string(log.path()).unwrap_or_default();
+                panic!("speedmimi printed nothing within {IO_TIMEOUT:?}\nconfig:\n{yaml}\nstderr:\n{err}");
             }
         };
         let addr = line
@@ -66,17 +70,43 @@ impl Proxy {
         let Some(addr) = addr else {
             let _ = child.kill();
             let status = child.wait();
-            panic!("speedmimi did not start (line {line:?}, {status:?})\nconfig:\n{yaml}");
+            let err = std::fs::read_to_string(log.path()).unwrap_or_default();
+            panic!("speedmimi did not start (line {line:?}, {status:?})\nconfig:\n{yaml}\nstderr:\n{err}");
         };
         Proxy {
             child,
             addr,
             _config: file,
+            log,
         }
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends a signal by name (`TERM`, `HUP`, `KILL`, ...) to the proxy.
+    pub fn signal(&self, name: &str) {
+        signal(self.child.id(), name);
+    }
+
+    /// Replaces the configuration file's contents (for a SIGHUP reload).
+    pub fn rewrite_config(&self, yaml: &str) {
+        std::fs::write(self._config.path(), yaml).expect("rewrite config");
+    }
+
+    /// Waits up to `timeout` for the proxy to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let until = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > until {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// The proxy is still running (it did not crash).
@@ -100,7 +130,43 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Logs are noise when all is well; on failure they tell what happened.
+        if thread::panicking() {
+            let log = std::fs::read_to_string(self.log.path()).unwrap_or_default();
+            let tail = &log[log.len().saturating_sub(8192)..];
+            eprintln!("---- speedmimi stderr (last 8 KiB) ----\n{tail}");
+        }
     }
+}
+
+/// Sends a signal by name with kill(1) (no unsafe code in the tests).
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+/// Processes whose parent is `pid` (from /proc).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+        // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
 }
 
 /// VmRSS of a process from /proc, in bytes (0 when it is gone).
@@ -199,6 +265,8 @@ impl Cfg {
         self
     }
 
+    /// The YAML text. The admin API gets port 0 so that tests running in
+    /// parallel never fight over its default port.
     pub fn yaml(&self) -> String {
         let backends: Vec<String> = self
             .backends
@@ -209,6 +277,7 @@ impl Cfg {
             "server:\n  listen: \"127.0.0.1:0\"\n  workers: 1\n  max_conn: {max_conn}\n  \
              read_timeout: 10s\n  write_timeout: 10s\n  idle_timeout: 30s\n  \
              header_timeout: {ht}\n  max_header_size: {mhs}\n\
+             admin:\n  listen: \"127.0.0.1:0\"\n\
              upstreams:\n  default:\n    backends: [ {backends} ]\n    keepalive: {ka}\n    \
              keepalive_timeout: 30s\n    connect_timeout: 2s\n    read_timeout: {rt}\n    \
              max_fails: {mf}\n    fail_timeout: {ft}\n    retries: {retries}\n{eu}\
