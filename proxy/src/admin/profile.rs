@@ -57,11 +57,23 @@ fn take(state: &State, seconds: u64) -> Result<Vec<u8>, ApiError> {
     let failed = |what: &str, e: &dyn std::fmt::Display| {
         ApiError::internal(format!("CPU profile failed while {what}: {e}"))
     };
+    // framehop unwinds from signal handlers without locks or allocation,
+    // so samples inside libc (system calls: most of a proxy's CPU) are
+    // kept; only the vDSO, whose unwind tables some kernels get wrong, is
+    // skipped.
     let guard = pprof::ProfilerGuardBuilder::default()
         .frequency(FREQUENCY)
-        .blocklist(&["libc", "libgcc", "pthread", "vdso"])
+        .blocklist(&["vdso"])
         .build()
         .map_err(|e| failed("starting the profiler", &e))?;
+    // SAFETY: raise() only sends SIGPROF to this thread, whose handler
+    // pprof has just installed. The handler's first run builds the
+    // unwinder's tables (it allocates); running it here, where this thread
+    // holds no lock, keeps that out of a sample that could interrupt another
+    // thread inside malloc.
+    unsafe {
+        libc::raise(libc::SIGPROF);
+    }
     // Short naps so that stopping the admin API does not wait a minute.
     let end = Instant::now() + Duration::from_secs(seconds);
     while !state.stopping() {
