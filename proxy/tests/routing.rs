@@ -48,3 +48,15 @@ fn each_request_on_one_connection_is_routed_on_its_own() {
     }
     assert_eq!(ids, ["api", "web", "api", "web"]);
 }
+
+#[test]
+fn routes_absolute_form_by_its_authority_not_the_host_header() {
+    // RFC 9112 §3.2.2: with an absolute-form target the Host header is
+    // ignored in favour of the target's authority.
+    let (_w, _a, p) = proxy_with_api_route();
+    let mut c = p.client();
+    c.send(b"GET http://api.example/v1/users HTTP/1.1\r\nHost: www.example\r\n\r\n");
+    let r = c.read_response();
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(r.text(), "api");
+}
