@@ -680,3 +680,19 @@ fn max_conn_is_shared_by_event_loops() {
         assert!(c.is_closed());
     }
 }
+
+#[test]
+fn rejects_invalid_host_value() {
+    // RFC 9112 §3.2: a Host field with an invalid value gets 400.
+    let (b, mut p) = proxy_with_backend();
+    for host in ["a b", "a/b", "user@a", "a:port", "[::1"] {
+        let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        assert_rejected(&mut p, req.as_bytes(), 400);
+    }
+    assert!(
+        b.received()
+            .iter()
+            .all(|r| r.header("host") == Some("test")),
+        "an invalid Host reached the backend"
+    );
+}

@@ -1250,6 +1250,9 @@ pub fn exchange_raw(proxy: &Proxy, bytes: &[u8]) -> (Response, bool) {
     let mut c = proxy.client();
     let _ = c.try_send(bytes);
     let resp = c.read_response();
+    // After an error answer the close follows at once; a connection kept
+    // open should fail the test quickly, not after IO_TIMEOUT.
+    c.set_timeout(Duration::from_secs(3));
     let closed = c.is_closed();
     (resp, closed)
 }
