@@ -79,11 +79,15 @@ fn unknown_upstream(state: &State, name: &str) -> ApiError {
 /// `GET /api/v1/stats/server`: totals, then one entry per event loop.
 pub fn stats(state: &State) -> Answer {
     let s: ServerSnapshot = state.plane.server();
-    let mut body = counters_json(&s.total);
-    body["uptime_seconds"] = json!(s.uptime_seconds);
-    body["requests_per_second"] = json!(s.requests_per_second);
-    body["rss_bytes"] = json!(s.rss_bytes);
-    body["processes"] = json!(s.processes);
+    let mut body = json!({
+        "uptime_seconds": s.uptime_seconds,
+        "rss_bytes": s.rss_bytes,
+        "processes": s.processes,
+        "requests_per_second": s.requests_per_second,
+    });
+    if let (Value::Object(b), Value::Object(c)) = (&mut body, counters_json(&s.total)) {
+        b.extend(c);
+    }
     body["workers"] = s.workers.iter().map(worker_json).collect();
     Ok((StatusCode::OK, body))
 }

@@ -205,8 +205,8 @@ impl Collector for Scrape {
         )?;
         family(
             e,
-            "worker_processes",
-            "Worker processes (0 when the proxy runs as one process)",
+            "processes",
+            "Processes running event loops (1 when there is no master)",
             [(none(), ConstGauge::new(s.processes as i64))],
         )?;
         family(
