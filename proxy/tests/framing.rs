@@ -696,3 +696,21 @@ fn rejects_invalid_host_value() {
         "an invalid Host reached the backend"
     );
 }
+
+#[test]
+fn rejects_invalid_request_target_forms() {
+    // RFC 9112 §3.2: origin-form starts with "/", asterisk-form is for
+    // OPTIONS only; anything else is an invalid request-line (400).
+    let (_b, mut p) = proxy_with_backend();
+    assert_rejected(&mut p, b"GET foo HTTP/1.1\r\nHost: a\r\n\r\n", 400);
+    assert_rejected(&mut p, b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", 400);
+}
+
+#[test]
+fn forwards_options_asterisk() {
+    let (b, p) = proxy_with_backend();
+    let mut c = p.client();
+    c.send(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(c.read_response().status, 200);
+    assert_eq!(b.last().target, "*");
+}
