@@ -850,6 +850,69 @@ fn keep_alive_serves_several_requests_on_one_connection() {
     assert_eq!(all.matches("HTTP/1.1 200 OK").count(), 3, "{all}");
 }
 
+// ------------------------------------------------------------ blocking --
+
+/// A plane whose `apply` waits until the test releases it, as a master
+/// waiting for its worker processes would.
+struct GatedPlane {
+    inner: Arc<TestPlane>,
+    entered: Mutex<std::sync::mpsc::Sender<()>>,
+    release: Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl ControlPlane for GatedPlane {
+    fn raw_config(&self) -> RawConfig {
+        self.inner.raw_config()
+    }
+    fn apply(&self, raw: RawConfig, config: Config) -> Result<(), ApplyError> {
+        let _ = self.entered.lock().unwrap().send(());
+        let _ = self.release.lock().unwrap().recv_timeout(IO_TIMEOUT);
+        self.inner.apply(raw, config)
+    }
+    fn server(&self) -> ServerSnapshot {
+        self.inner.server()
+    }
+    fn backends(&self, upstream: &str) -> Option<Vec<BackendSnapshot>> {
+        self.inner.backends(upstream)
+    }
+    fn upstreams(&self) -> Vec<String> {
+        self.inner.upstreams()
+    }
+}
+
+#[test]
+fn a_slow_apply_does_not_hold_up_other_requests() {
+    let inner = TestPlane::new(YAML);
+    let (entered_tx, entered) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    let plane = Arc::new(GatedPlane {
+        inner: inner.clone(),
+        entered: Mutex::new(entered_tx),
+        release: Mutex::new(release_rx),
+    });
+    let admin = admin::spawn("127.0.0.1:0".parse().unwrap(), None, plane).unwrap();
+    let addr = admin.local_addr();
+    let change = std::thread::spawn(move || {
+        put(
+            addr,
+            "/api/v1/config",
+            r#"{"routing":{"default":{"load_balancer":"weight"}}}"#,
+        )
+        .status
+    });
+    entered
+        .recv_timeout(IO_TIMEOUT)
+        .expect("the PUT reached apply");
+    // apply is blocked now: reads are still served, and see the old config.
+    assert_eq!(get(addr, "/api/v1/health").status, 200);
+    let v = get(addr, "/api/v1/config").json();
+    assert_eq!(v["routing"]["default"]["load_balancer"], "round_robin");
+    assert_eq!(get(addr, "/metrics").status, 200);
+    release.send(()).unwrap();
+    assert_eq!(change.join().unwrap(), 200);
+    assert_eq!(inner.applied(), 1);
+}
+
 // --------------------------------------------------------------- metrics --
 
 /// One sample line of the text format.
@@ -1124,9 +1187,13 @@ fn metrics_histogram_buckets_are_cumulative_and_end_at_inf() {
 
 // --------------------------------------------------------------- profile --
 
+/// The profiler is process-wide: profile tests take turns.
+static PROFILER: Mutex<()> = Mutex::new(());
+
 #[test]
 fn cpu_profile_is_gzipped_pprof_protobuf() {
     use pprof::protos::Message;
+    let _turn = PROFILER.lock().unwrap_or_else(|e| e.into_inner());
     let (_, admin) = start();
     // Some CPU to sample while the profile runs (bounded: 1.5 s).
     let spin = std::thread::spawn(|| {
@@ -1161,6 +1228,20 @@ fn cpu_profile_is_gzipped_pprof_protobuf() {
         .collect();
     assert!(sample_types.contains(&"cpu"), "{sample_types:?}");
     assert!(profile.duration_nanos > 0);
+}
+
+#[test]
+fn one_profile_at_a_time() {
+    let _turn = PROFILER.lock().unwrap_or_else(|e| e.into_inner());
+    let (_, admin) = start();
+    let addr = admin.local_addr();
+    // Two 3-second profiles asked together: one runs, the other is refused.
+    let ask = move || get(addr, "/debug/pprof/profile?seconds=3").status;
+    let a = std::thread::spawn(ask);
+    let b = std::thread::spawn(ask);
+    let mut statuses = [a.join().unwrap(), b.join().unwrap()];
+    statuses.sort();
+    assert_eq!(statuses, [200, 409]);
 }
 
 #[test]

@@ -43,14 +43,18 @@ pub fn seconds(query: Option<&str>) -> Result<u64, ApiError> {
 /// Profiles for `seconds` and returns the gzip-compressed protobuf.
 pub fn profile(state: &State, seconds: u64) -> Result<Vec<u8>, ApiError> {
     if state.profiling.swap(true, AcqRel) {
-        return Err(ApiError::new(
-            hyper::StatusCode::CONFLICT,
-            "a CPU profile is already being taken; retry when it ends",
-        ));
+        return Err(busy());
     }
     let result = take(state, seconds);
     state.profiling.store(false, Release);
     result
+}
+
+fn busy() -> ApiError {
+    ApiError::new(
+        hyper::StatusCode::CONFLICT,
+        "a CPU profile is already being taken; retry when it ends",
+    )
 }
 
 fn take(state: &State, seconds: u64) -> Result<Vec<u8>, ApiError> {
@@ -65,7 +69,11 @@ fn take(state: &State, seconds: u64) -> Result<Vec<u8>, ApiError> {
         .frequency(FREQUENCY)
         .blocklist(&["vdso"])
         .build()
-        .map_err(|e| failed("starting the profiler", &e))?;
+        .map_err(|e| match e {
+            // Another profiler in this process (a second admin server).
+            pprof::Error::Running => busy(),
+            e => failed("starting the profiler", &e),
+        })?;
     // SAFETY: raise() only sends SIGPROF to this thread, whose handler
     // pprof has just installed. The handler's first run builds the
     // unwinder's tables (it allocates); running it here, where this thread
