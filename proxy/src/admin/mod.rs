@@ -161,6 +161,9 @@ pub fn start(
     Ok(Box::new(handle))
 }
 
+// `start` is what the binary registers with `lifecycle::set_admin`.
+const _: crate::lifecycle::AdminStarter = start;
+
 impl AdminHandle {
     /// The bound address (the real port when `listen` had port 0).
     pub fn local_addr(&self) -> SocketAddr {

@@ -91,6 +91,11 @@ pub struct RequestHead {
     pub method: Method,
     method_span: Span,
     pub target: Span,
+    /// The origin-form part sent upstream (path and query); empty for an
+    /// absolute-form target without a path, which is sent as "/".
+    pub origin: Span,
+    /// The authority of an absolute-form target: it replaces Host.
+    pub authority: Option<Span>,
     pub http10: bool,
     /// Host header value (port included), if any.
     pub host: Option<Span>,
@@ -109,19 +114,26 @@ impl RequestHead {
     }
     /// The path of the target, without query (for routing).
     pub fn path<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
-        let t = self.target.get(buf);
+        let t = self.origin.get(buf);
         let t = match t.iter().position(|&b| b == b'?') {
             Some(q) => &t[..q],
             None => t,
         };
-        // absolute-form: skip scheme and authority
-        if let Some(rest) = t.strip_prefix(b"http://") {
-            return rest
-                .iter()
-                .position(|&b| b == b'/')
-                .map_or(&b"/"[..], |p| &rest[p..]);
+        if t.is_empty() {
+            b"/"
+        } else {
+            t
         }
-        t
+    }
+
+    /// The host a route is chosen by: an absolute-form target's authority
+    /// wins over the Host header (RFC 9112 §3.2.2).
+    pub fn route_host<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
+        match (self.authority, self.host) {
+            (Some(a), _) => a.get(buf),
+            (None, Some(h)) => h.get(buf),
+            (None, None) => b"",
+        }
     }
 }
 
@@ -173,6 +185,7 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>,
         return Err(Reject::NotImplemented);
     }
     let method = Method::from_bytes(method_str);
+    let (origin, authority) = target_form(buf, target.as_bytes(), method_str)?;
 
     let mut conn = ConnectionTokens::default();
     let mut host: Option<Span> = None;
@@ -187,7 +200,7 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>,
             if host.is_some() {
                 return Err(Reject::BadRequest);
             }
-            if h.value.is_empty() && !http10 {
+            if !valid_host(h.value) && !(http10 && h.value.is_empty()) {
                 return Err(Reject::BadRequest);
             }
             host = Some(Span::of(buf, h.value));
@@ -253,7 +266,8 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>,
         let forward = !(is_hop_by_hop(h.name)
             || conn.names(h.name)
             || xff
-            || name_is(h.name, "x-forwarded-proto"));
+            || name_is(h.name, "x-forwarded-proto")
+            || (authority.is_some() && name_is(h.name, "host")));
         *line = HeaderLine {
             name: Span::of(buf, h.name.as_bytes()),
             value: Span::of(buf, h.value),
@@ -266,6 +280,8 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>,
         method,
         method_span: Span::of(buf, method_str.as_bytes()),
         target: Span::of(buf, target.as_bytes()),
+        origin,
+        authority,
         http10,
         host,
         framing,
@@ -275,6 +291,69 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>,
         header_count: req.headers.len(),
         headers,
     }))
+}
+
+/// The request-target forms of RFC 9112 §3.2: origin-form ("/path"),
+/// absolute-form ("http://host/path", its authority replacing Host), and
+/// asterisk-form ("*", OPTIONS only). Anything else is refused.
+fn target_form(buf: &[u8], target: &[u8], method: &str) -> Result<(Span, Option<Span>), Reject> {
+    if target.starts_with(b"/") || (target == b"*" && method == "OPTIONS") {
+        return Ok((Span::of(buf, target), None));
+    }
+    let scheme_len = if target.len() > 7 && target[..7].eq_ignore_ascii_case(b"http://") {
+        7
+    } else if target.len() > 8 && target[..8].eq_ignore_ascii_case(b"https://") {
+        8
+    } else {
+        return Err(Reject::BadRequest);
+    };
+    let rest = &target[scheme_len..];
+    let end = rest
+        .iter()
+        .position(|&b| b == b'/' || b == b'?')
+        .unwrap_or(rest.len());
+    let authority = &rest[..end];
+    if !valid_host(authority) {
+        return Err(Reject::BadRequest);
+    }
+    Ok((Span::of(buf, &rest[end..]), Some(Span::of(buf, authority))))
+}
+
+/// `uri-host [ ":" port ]` (RFC 9110 §7.2), strictly: a reg-name of
+/// unreserved characters, percent-encodings and sub-delimiters other than
+/// the comma (a comma is how two Host values look once joined), or a
+/// bracketed IPv6 literal; a port of at most 5 digits.
+fn valid_host(value: &[u8]) -> bool {
+    let (host, port) = if value.first() == Some(&b'[') {
+        let Some(close) = value.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let literal = &value[1..close];
+        if literal.is_empty()
+            || !literal
+                .iter()
+                .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return false;
+        }
+        match &value[close + 1..] {
+            [] => (&value[..=close], None),
+            [b':', port @ ..] => (&value[..=close], Some(port)),
+            _ => return false,
+        }
+    } else {
+        match value.iter().position(|&b| b == b':') {
+            Some(i) => (&value[..i], Some(&value[i + 1..])),
+            None => (value, None),
+        }
+    };
+    let host_ok = host.starts_with(b"[")
+        || (!host.is_empty()
+            && host
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+;=".contains(&b)));
+    let port_ok = port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit));
+    host_ok && port_ok
 }
 
 /// A head httparse refused: 414 when it is the request line that is too
@@ -320,8 +399,17 @@ pub fn write_upstream_head(
     let mut w = Writer { out, ok: true };
     w.put(head.method_span.get(buf));
     w.put(b" ");
-    w.put(head.target.get(buf));
+    let origin = head.origin.get(buf);
+    if !origin.starts_with(b"/") && origin != b"*" {
+        w.put(b"/"); // absolute-form without a path
+    }
+    w.put(origin);
     w.put(b" HTTP/1.1\r\n");
+    if let Some(authority) = head.authority {
+        w.put(b"Host: ");
+        w.put(authority.get(buf));
+        w.put(b"\r\n");
+    }
     let mut xff_seen = false;
     for line in &head.headers[..head.header_count] {
         if line.forward {
@@ -331,7 +419,7 @@ pub fn write_upstream_head(
             w.put(b"\r\n");
         }
     }
-    if head.host.is_none() {
+    if head.host.is_none() && head.authority.is_none() {
         w.put(b"Host: ");
         w.put(fallback_host.as_bytes());
         w.put(b"\r\n");

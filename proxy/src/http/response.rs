@@ -63,6 +63,7 @@ pub fn parse_and_rewrite(
     let mut conn = ConnectionTokens::default();
     let mut content_length: Option<u64> = None;
     let mut te_chunked = None::<bool>;
+    let mut te_other_coding = false;
     for h in resp.headers.iter() {
         if name_is(h.name, "content-length") {
             let v = h.value.trim_ascii();
@@ -77,11 +78,14 @@ pub fn parse_and_rewrite(
         } else if name_is(h.name, "transfer-encoding") {
             let last = list_tokens(h.value).last();
             te_chunked = Some(last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")));
+            te_other_coding |= list_tokens(h.value).any(|t| !t.eq_ignore_ascii_case(b"chunked"));
         } else if name_is(h.name, "connection") && !conn.add(h.value) {
             return Err(Garbage);
         }
     }
-    if te_chunked.is_some() && http10 {
+    if te_chunked.is_some() && (http10 || (client.http10 && te_other_coding)) {
+        // HTTP/1.0 has no transfer codings: an HTTP/1.0 client could not
+        // learn that the body is, say, gzip-coded.
         return Err(Garbage);
     }
     let interim = (100..200).contains(&status) && status != 101;
@@ -135,7 +139,10 @@ pub fn parse_and_rewrite(
         w.put(reason.as_bytes());
         w.put(b"\r\n");
         for h in resp.headers.iter() {
-            let drop = is_hop_by_hop(h.name)
+            // Transfer-Encoding is hop-by-hop, but the body goes on coded as
+            // it came (unless chunked is stripped for HTTP/1.0): say so.
+            let keep_te = name_is(h.name, "transfer-encoding") && !strip_chunked;
+            let drop = (is_hop_by_hop(h.name) && !keep_te)
                 || conn.names(h.name)
                 || (te_chunked.is_some() && name_is(h.name, "content-length"));
             if !drop {
@@ -144,9 +151,6 @@ pub fn parse_and_rewrite(
                 w.put(h.value);
                 w.put(b"\r\n");
             }
-        }
-        if chunked && !strip_chunked {
-            w.put(b"Transfer-Encoding: chunked\r\n");
         }
         w.put(b"Via: 1.1 speedmimi\r\n");
         if switching {

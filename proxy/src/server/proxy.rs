@@ -45,6 +45,18 @@ enum UpstreamFailure {
     Garbage,
 }
 
+/// What a busy exchange is waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    Tunnel,
+    Connect,
+    ClientWrite,
+    UpstreamWrite,
+    ClientBody,
+    UpstreamResponse,
+    UpstreamBody,
+}
+
 /// At most this many backends are tried for one request.
 const MAX_TRIED: usize = 4;
 
@@ -70,7 +82,7 @@ impl EventLoop {
     fn park(&mut self, ck: usize, ex: Box<Exchange>) {
         let phase = self.client_mut(ck).phase;
         if phase == Phase::Busy {
-            let d = self.busy_timeout(&ex);
+            let d = self.busy_timeout(ck, &ex);
             self.set_deadline(ck, d);
         }
         if ex.is_idle() && phase != Phase::Closing {
@@ -80,23 +92,49 @@ impl EventLoop {
         }
     }
 
-    fn busy_timeout(&self, ex: &Exchange) -> Duration {
-        let Some(up) = self.routing.upstream_cfg.get(ex.upstream) else {
-            return self.routing.config.server.read_timeout;
+    /// What a busy exchange waits for now: decides its timeout, and what
+    /// happens when that passes (`client_timeout`).
+    fn waiting_on(&self, ck: usize, ex: &Exchange) -> Waiting {
+        let upstream = ex.upstream_key.and_then(|k| match self.slab.get(k) {
+            Some(Entry::Upstream(u)) => Some(u),
+            _ => None,
+        });
+        let client_writable = match self.slab.get(ck) {
+            Some(Entry::Client(c)) => c.ready & WRITABLE != 0,
+            _ => true,
         };
-        let connecting = ex
-            .upstream_key
-            .and_then(|k| match self.slab.get(k) {
-                Some(Entry::Upstream(u)) => Some(u.connecting),
-                _ => None,
-            })
-            .unwrap_or(false);
-        if connecting {
-            up.connect_timeout
+        let to_upstream = ex.req_head_unsent() > 0 || ex.req_body.pending() > 0;
+        if ex.tunnel {
+            Waiting::Tunnel
+        } else if upstream.is_some_and(|u| u.connecting) {
+            Waiting::Connect
+        } else if ex.pending_to_client() && !client_writable {
+            Waiting::ClientWrite
+        } else if to_upstream && upstream.is_some_and(|u| u.ready & WRITABLE == 0) {
+            Waiting::UpstreamWrite
+        } else if !ex.req_body.is_scanned() {
+            Waiting::ClientBody
         } else if ex.resp_body.is_none() {
-            up.read_timeout
+            Waiting::UpstreamResponse
         } else {
-            self.routing.config.server.read_timeout
+            Waiting::UpstreamBody
+        }
+    }
+
+    fn busy_timeout(&self, ck: usize, ex: &Exchange) -> Duration {
+        let server = &self.routing.config.server;
+        let Some(up) = self.routing.upstream_cfg.get(ex.upstream) else {
+            return server.read_timeout; // reconfigured away: server timeouts only
+        };
+        match self.waiting_on(ck, ex) {
+            Waiting::Tunnel => server.idle_timeout,
+            Waiting::Connect => up.connect_timeout,
+            Waiting::ClientWrite => server.write_timeout,
+            Waiting::UpstreamWrite => up.write_timeout,
+            // Upstream read_timeout bounds the wait for the response head;
+            // once the body streams, gaps between its bytes get the server's.
+            Waiting::ClientBody | Waiting::UpstreamBody => server.read_timeout,
+            Waiting::UpstreamResponse => up.read_timeout,
         }
     }
 
@@ -216,8 +254,11 @@ impl EventLoop {
             ex.req_line.push(b' ');
             ex.req_line.extend_from_slice(head.target.get(data));
         }
-        let host = head.host.map_or(&b""[..], |h| h.get(data));
-        let Some(route) = self.routing.router.route(host, head.path(data)) else {
+        let Some(route) = self
+            .routing
+            .router
+            .route(head.route_host(data), head.path(data))
+        else {
             return self.reject(ck, ex, Reject::NotFound);
         };
         ex.route = route;
@@ -674,8 +715,11 @@ impl EventLoop {
                     LoopStats::add(&self.stats.upstream_retries, 1);
                     return Step::Progress;
                 }
-                Err(Reject::Unavailable) => return self.reject(ck, ex, Reject::BadGateway),
-                Err(reject) => return self.reject(ck, ex, reject),
+                // Nothing left to try: answer for the last failure.
+                Err(_) if why == UpstreamFailure::ConnectTimeout => {
+                    return self.reject(ck, ex, Reject::GatewayTimeout)
+                }
+                Err(_) => return self.reject(ck, ex, Reject::BadGateway),
             }
         }
         let reject = match why {
@@ -796,20 +840,18 @@ impl EventLoop {
                     Step::Close
                 }
             }
-            Phase::Busy => {
-                let connecting = ex.upstream_key.is_some_and(
-                    |k| matches!(self.slab.get(k), Some(Entry::Upstream(u)) if u.connecting),
-                );
-                if ex.tunnel || ex.resp_started || ex.resp_body.is_some() {
-                    Step::Close
-                } else if connecting {
+            Phase::Busy => match self.waiting_on(ck, &ex) {
+                _ if ex.resp_started => Step::Close,
+                Waiting::Connect => {
                     self.upstream_failed(ck, &mut ex, UpstreamFailure::ConnectTimeout)
-                } else if ex.upstream_key.is_some() {
-                    self.upstream_failed(ck, &mut ex, UpstreamFailure::Timeout)
-                } else {
-                    Step::Close
                 }
-            }
+                Waiting::UpstreamWrite | Waiting::UpstreamResponse => {
+                    self.upstream_failed(ck, &mut ex, UpstreamFailure::Timeout)
+                }
+                // The client owes body bytes: its fault, not the backend's.
+                Waiting::ClientBody => self.reject(ck, &mut ex, Reject::RequestTimeout),
+                Waiting::Tunnel | Waiting::ClientWrite | Waiting::UpstreamBody => Step::Close,
+            },
         };
         if step == Step::Close {
             self.close_client(ck, Some(ex));
