@@ -200,7 +200,8 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>,
             if host.is_some() {
                 return Err(Reject::BadRequest);
             }
-            if !valid_host(h.value) && !(http10 && h.value.is_empty()) {
+            let empty_http10_host = http10 && h.value.is_empty();
+            if !(valid_host(h.value) || empty_http10_host) {
                 return Err(Reject::BadRequest);
             }
             host = Some(Span::of(buf, h.value));
