@@ -73,8 +73,10 @@ fn call(admin: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String
         body.len()
     );
     s.write_all(head.as_bytes()).unwrap();
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).unwrap();
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply).unwrap();
+    // A profile is binary; the JSON answers are text.
+    let reply = String::from_utf8_lossy(&reply);
     let status = reply[9..12].parse().unwrap();
     let body = reply.split_once("\r\n\r\n").unwrap().1.to_string();
     (status, body)
@@ -187,5 +189,55 @@ fn admin_api_observes_and_reconfigures_the_running_server() {
 
     drop(handle);
     server.drain(Duration::ZERO);
-    let _ = Arc::clone(&server).wait();
+    let _ = server.wait();
+}
+
+/// Starts the in-process server with one upstream of `backends`.
+fn start_server(backends: &[SocketAddr], workers: usize) -> Arc<Server> {
+    let list: String = backends
+        .iter()
+        .map(|b| format!("      - {{ addr: \"{b}\" }}\n"))
+        .collect();
+    let yaml = format!(
+        "server: {{ listen: \"127.0.0.1:0\", workers: {workers} }}\n\
+         upstreams:\n  app:\n    backends:\n{list}\
+         routing:\n  default: {{ upstream: app }}\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.yaml");
+    std::fs::write(&path, &yaml).unwrap();
+    let (raw, config) = Config::load(&path).unwrap();
+    Server::start(raw, config, Board::in_process(), 0).unwrap()
+}
+
+#[test]
+fn traffic_flows_while_a_profile_samples_the_event_loops() {
+    // SIGPROF interrupts every thread 99 times a second: the loops must
+    // take the interrupted system calls in their stride.
+    let server = start_server(&[backend("A")], 2);
+    let proxy = server.local_addr;
+    let handle = admin::spawn("127.0.0.1:0".parse().unwrap(), None, server.clone()).unwrap();
+    let api = handle.local_addr();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let done = done.clone();
+        thread::spawn(move || {
+            let mut n = 0;
+            while !done.load(std::sync::atomic::Ordering::Acquire) && n < 100_000 {
+                assert_eq!(through(proxy), "A");
+                n += 1;
+            }
+            n
+        })
+    };
+    let (status, body) = call(api, "GET", "/debug/pprof/profile?seconds=1", "");
+    done.store(true, std::sync::atomic::Ordering::Release);
+    let sent = traffic.join().expect("every request answered 200");
+    assert_eq!(status, 200, "{body}");
+    assert!(sent > 0);
+    let v = json_of(api, "/api/v1/stats/server");
+    assert_eq!(v["requests"], sent);
+    drop(handle);
+    server.drain(Duration::ZERO);
+    let _ = server.wait();
 }
