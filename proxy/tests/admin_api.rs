@@ -214,6 +214,8 @@ fn read_reply(s: &mut TcpStream) -> Reply {
         match s.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            // SIGPROF from a profile test interrupts reads with a timeout set.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !raw.is_empty() => break,
             Err(e) => panic!("reading the reply: {e} (got {} bytes)", raw.len()),
         }
