@@ -28,7 +28,8 @@ pub const MAX_BODY: usize = 1 << 20;
 /// Connections served at once; more are closed at accept. The admin port
 /// shares the process's file limit with the data plane.
 const MAX_CONNECTIONS: usize = 64;
-/// Time a client gets to send a whole request head.
+/// Time a client gets to send a whole request head; an idle keep-alive
+/// connection is closed after it too, so it cannot hold a slot.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Answer = Response<Full<Bytes>>;
