@@ -33,7 +33,15 @@ const APPLY_WAIT: Duration = Duration::from_secs(5);
 /// Starts the admin API for a control plane; set by the binary when the
 /// admin module is compiled in. Returns a guard that stops it on drop.
 pub type AdminStarter =
-    fn(&Config, Arc<dyn ControlPlane>) -> io::Result<Box<dyn std::any::Any + Send>>;
+    fn(&Config, Arc<dyn ControlPlane>) -> io::Result<(SocketAddr, Box<dyn std::any::Any + Send>)>;
+
+/// What `run` announces once the proxy serves: its address, the event
+/// loops per process, and the admin API's address when there is one.
+pub struct Started {
+    pub listen: SocketAddr,
+    pub event_loops: usize,
+    pub admin: Option<SocketAddr>,
+}
 
 static ADMIN: Mutex<Option<AdminStarter>> = Mutex::new(None);
 
@@ -42,21 +50,20 @@ pub fn set_admin(starter: AdminStarter) {
     *ADMIN.lock().unwrap_or_else(|e| e.into_inner()) = Some(starter);
 }
 
-fn start_admin(
-    config: &Config,
-    plane: Arc<dyn ControlPlane>,
-) -> io::Result<Option<Box<dyn std::any::Any + Send>>> {
+type AdminGuard = Option<(SocketAddr, Box<dyn std::any::Any + Send>)>;
+
+fn start_admin(config: &Config, plane: Arc<dyn ControlPlane>) -> io::Result<AdminGuard> {
     let starter = *ADMIN.lock().unwrap_or_else(|e| e.into_inner());
     starter.map(|start| start(config, plane)).transpose()
 }
 
-/// Runs the proxy until SIGTERM (graceful) or SIGINT. `announce` gets the
-/// bound address and the number of event loops per process.
+/// Runs the proxy until SIGTERM (graceful) or SIGINT; `announce` is called
+/// once it serves.
 pub fn run(
     path: &Path,
     raw: RawConfig,
     config: Config,
-    announce: impl FnOnce(SocketAddr, usize),
+    announce: impl FnOnce(Started),
 ) -> io::Result<()> {
     if config.server.processes > 1 {
         return run_master(path, raw, config, announce);
@@ -64,8 +71,12 @@ pub fn run(
     let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT])?;
     let graceful = config.server.graceful_timeout;
     let server = Server::start(raw, config.clone(), Board::in_process(), 0)?;
-    let _admin = start_admin(&config, server.clone())?;
-    announce(server.local_addr, config.server.workers);
+    let admin = start_admin(&config, server.clone())?;
+    announce(Started {
+        listen: server.local_addr,
+        event_loops: config.server.workers,
+        admin: admin.as_ref().map(|a| a.0),
+    });
     for signal in signals.forever() {
         match signal {
             SIGHUP => match Config::load(path) {
@@ -316,7 +327,7 @@ fn run_master(
     path: &Path,
     mut raw: RawConfig,
     mut config: Config,
-    announce: impl FnOnce(SocketAddr, usize),
+    announce: impl FnOnce(Started),
 ) -> io::Result<()> {
     let processes = config.server.processes.min(MAX_PROCESSES);
     if config.server.listen.port() == 0 {
@@ -360,8 +371,12 @@ fn run_master(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let _admin = start_admin(&config, master.clone())?;
-    announce(config.server.listen, config.server.workers);
+    let admin = start_admin(&config, master.clone())?;
+    announce(Started {
+        listen: config.server.listen,
+        event_loops: config.server.workers,
+        admin: admin.as_ref().map(|a| a.0),
+    });
     let graceful = config.server.graceful_timeout;
     loop {
         for signal in signals.pending() {

@@ -28,6 +28,7 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    lifecycle::set_admin(speedmimi::admin::start);
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -50,9 +51,15 @@ fn main() -> ExitCode {
         (Some(index), Some(board)) => {
             lifecycle::run_worker(&cli.config, raw, config, index, &board)
         }
-        _ => lifecycle::run(&cli.config, raw, config, |addr, loops| {
-            // Scripts and tests read the bound address (port 0 resolves here).
-            println!("listening on {addr} ({loops} event loops)");
+        _ => lifecycle::run(&cli.config, raw, config, |started| {
+            // Scripts and tests read these lines (port 0 resolves here).
+            println!(
+                "listening on {} ({} event loops)",
+                started.listen, started.event_loops
+            );
+            if let Some(admin) = started.admin {
+                println!("admin on {admin}");
+            }
             let _ = std::io::stdout().flush();
         }),
     };

@@ -156,9 +156,9 @@ pub fn spawn(
 pub fn start(
     config: &Config,
     plane: Arc<dyn ControlPlane>,
-) -> io::Result<Box<dyn std::any::Any + Send>> {
+) -> io::Result<(SocketAddr, Box<dyn std::any::Any + Send>)> {
     let handle = spawn(config.admin.listen, config.admin.token.clone(), plane)?;
-    Ok(Box::new(handle))
+    Ok((handle.local_addr(), Box::new(handle)))
 }
 
 // `start` is what the binary registers with `lifecycle::set_admin`.
