@@ -52,15 +52,18 @@ fn main() -> ExitCode {
             lifecycle::run_worker(&cli.config, raw, config, index, &board)
         }
         _ => lifecycle::run(&cli.config, raw, config, |started| {
-            // Scripts and tests read these lines (port 0 resolves here).
-            println!(
+            // Scripts and tests read these lines (port 0 resolves here). A
+            // reader that stopped listening must not bring the proxy down.
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(
+                out,
                 "listening on {} ({} event loops)",
                 started.listen, started.event_loops
             );
             if let Some(admin) = started.admin {
-                println!("admin on {admin}");
+                let _ = writeln!(out, "admin on {admin}");
             }
-            let _ = std::io::stdout().flush();
+            let _ = out.flush();
         }),
     };
     match result {
