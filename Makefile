@@ -1,8 +1,12 @@
 # SpeedMimi entry points. `make bench` is the main job; `make test` the tests.
+# Binaries go to $(CARGO_TARGET_DIR) when it is set, else target/.
 CARGO ?= cargo
-RELEASE := target/release
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+RELEASE := $(TARGET_DIR)/release
+LOADGEN := $(RELEASE)/loadgen
 
-.PHONY: all build build-prod test lint fmt bench bench-peers bench-loadgen clean
+.PHONY: all build build-prod test lint fmt bench bench-peers peers-table bench-loadgen \
+        report test-million scale-100k gate profile clean
 
 all: build
 
@@ -23,13 +27,22 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-# Main job: the proxy in front of a built-in backend, driven by loadgen at
-# several connection counts; prints the figures and writes them under results/.
+# Main job: scenarios/default.yaml (speedmimi + loadgen backend at 100, 1k and
+# 10k connections, about 1 minute). Ends by printing the path of report.html.
 bench: build
-	scenarios/quick-bench.sh
+	$(LOADGEN) bench --scenario scenarios/default.yaml
+
+# Re-render a run directory: make report DIR=results/default-...
+report:
+	@test -n "$(DIR)" || { echo "usage: make report DIR=results/NAME-TIME"; exit 2; }
+	$(LOADGEN) report $(DIR)
 
 # SpeedMimi vs nginx vs HAProxy (installs the peers and wrk from Debian if missing).
 bench-peers: build
+	ci/bench_peers.py --json results/peers.json
+
+# The issue-2 table: req/s, p99, CPU per request, idle RSS per connection.
+peers-table: build
 	ci/bench_peers.py --json results/peers.json
 
 # loadgen vs wrk against the same backend.

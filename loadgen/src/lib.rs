@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod backend;
+pub mod bench;
 pub mod engine;
 pub mod hdrlog;
 pub mod http1;

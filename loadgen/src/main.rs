@@ -50,6 +50,18 @@ enum Cmd {
         #[arg(short = 'q', long)]
         quiet: bool,
     },
+    /// Run a benchmark scenario (scenarios/*.yaml): start what it names, load it,
+    /// write results.json, intervals.csv, env.json and report.html.
+    Bench {
+        /// The scenario file (see docs/bench.md).
+        #[arg(long)]
+        scenario: PathBuf,
+        /// Run directory (default results/NAME-UTCTIME).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Re-render the report of a run directory from its results.json.
+    Report { dir: PathBuf },
     /// Merge --hdr-log files of several runs or shards into one result, exactly.
     Merge {
         #[arg(required = true)]
@@ -179,6 +191,8 @@ fn main() -> ExitCode {
             json,
             quiet,
         } => ExitCode::from(loadgen::app::journey(&scenario, json, quiet)),
+        Cmd::Bench { scenario, out } => ExitCode::from(loadgen::bench::bench(&scenario, out)),
+        Cmd::Report { dir } => ExitCode::from(loadgen::bench::report(&dir)),
         Cmd::Merge { files, json } => ExitCode::from(loadgen::app::merge(&files, json)),
         Cmd::Backend {
             listen,
