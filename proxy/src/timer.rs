@@ -38,11 +38,6 @@ impl TimerWheel {
         now.saturating_duration_since(self.origin).as_millis() as Millis
     }
 
-    pub fn after(&self, now: Instant, d: Duration) -> Millis {
-        self.millis(now)
-            .saturating_add(d.as_millis().min(u32::MAX as u128) as u32)
-    }
-
     /// Schedules `(key, gen)` at `deadline` (clamped to the wheel's span).
     /// Returns the tick the entry was filed under, which the caller keeps to
     /// recognise its own live entry later.
@@ -54,9 +49,9 @@ impl TimerWheel {
         tick as u32
     }
 
-    /// Collects every entry whose tick has passed into `out`.
-    pub fn expire(&mut self, now: Instant, out: &mut Vec<(u32, u32)>) {
-        let now_tick = self.millis(now) as u64 / TICK_MS;
+    /// Collects every entry whose tick has passed by `now_ms` into `out`.
+    pub fn expire(&mut self, now_ms: Millis, out: &mut Vec<(u32, u32)>) {
+        let now_tick = now_ms as u64 / TICK_MS;
         while self.next_tick <= now_tick {
             let slot = &mut self.slots[(self.next_tick % SLOTS as u64) as usize];
             if !slot.is_empty() {
@@ -73,18 +68,19 @@ impl TimerWheel {
     }
 
     /// How long the loop may sleep before the next entry could be due.
-    pub fn next_timeout(&self, now: Instant) -> Option<Duration> {
+    pub fn next_timeout(&self, now_ms: Millis) -> Option<Duration> {
         if self.len == 0 {
             return None;
         }
         let due = self.next_tick * TICK_MS;
-        let now_ms = self.millis(now) as u64;
-        Some(Duration::from_millis(due.saturating_sub(now_ms).max(1)))
+        Some(Duration::from_millis(
+            due.saturating_sub(now_ms as u64).max(1),
+        ))
     }
 
-    /// The tick `now` falls in.
-    pub fn current_tick(&self, now: Instant) -> u32 {
-        (self.millis(now) as u64 / TICK_MS) as u32
+    /// The tick `now_ms` falls in.
+    pub fn current_tick(now_ms: Millis) -> u32 {
+        (now_ms as u64 / TICK_MS) as u32
     }
 
     pub fn tick_of(deadline: Millis) -> u32 {
@@ -110,9 +106,9 @@ mod tests {
         let mut w = TimerWheel::new(t0);
         w.schedule(7, 1, 50);
         let mut out = Vec::new();
-        w.expire(t0 + Duration::from_millis(20), &mut out);
+        w.expire(20, &mut out);
         assert!(out.is_empty());
-        w.expire(t0 + Duration::from_millis(60), &mut out);
+        w.expire(60, &mut out);
         assert_eq!(out, vec![(7, 1)]);
         assert!(w.is_empty());
     }
@@ -123,7 +119,7 @@ mod tests {
         let mut w = TimerWheel::new(t0);
         w.schedule(1, 1, 100_000);
         let mut out = Vec::new();
-        w.expire(t0 + Duration::from_millis(41_000), &mut out);
+        w.expire(41_000, &mut out);
         assert_eq!(out, vec![(1, 1)]);
     }
 }

@@ -140,9 +140,13 @@ pub struct EventLoop {
     /// Draining for shutdown: no accepting, connections close when idle.
     drain_deadline: Option<Instant>,
     pub(super) log: Option<crate::access_log::LoopLog>,
+    /// Reused for every request head parsed by this loop.
+    pub(super) scratch_head: Option<Box<crate::http::request::RequestHead>>,
     pub(super) limits: Limits,
     open_connections: Arc<AtomicUsize>,
     pub(super) now: Instant,
+    /// `now` on the timer wheel's clock, computed once per wake-up.
+    now_ms: Millis,
     next_gen: u32,
     last_trim: Instant,
 }
@@ -191,9 +195,11 @@ impl EventLoop {
             waker,
             drain_deadline: None,
             log,
+            scratch_head: None,
             limits,
             open_connections,
             now,
+            now_ms: 0,
             next_gen: 1,
             last_trim: now,
         })
@@ -206,7 +212,7 @@ impl EventLoop {
             let mut timeout = if self.listener_ready {
                 Some(Duration::ZERO)
             } else {
-                self.wheel.next_timeout(self.now)
+                self.wheel.next_timeout(self.now_ms)
             };
             if let Some(deadline) = self.drain_deadline {
                 let open = self.stats.connections_current.load(Relaxed);
@@ -222,6 +228,7 @@ impl EventLoop {
                 return Err(e);
             }
             self.now = Instant::now();
+            self.now_ms = self.wheel.millis(self.now);
             for event in events.iter() {
                 let token = event.token();
                 if token == LISTENER {
@@ -247,7 +254,7 @@ impl EventLoop {
             if self.listener_ready {
                 self.accept_batch();
             }
-            self.wheel.expire(self.now, &mut expired);
+            self.wheel.expire(self.now_ms, &mut expired);
             for (key, gen) in expired.drain(..) {
                 self.on_timer(key as usize, gen);
             }
@@ -479,7 +486,7 @@ impl EventLoop {
     }
 
     fn on_timer(&mut self, key: usize, gen: u32) {
-        let now_ms = self.wheel.millis(self.now);
+        let now_ms = self.now_ms;
         let (deadline, tick, live_gen) = match self.slab.get(key) {
             Some(Entry::Client(c)) => (c.deadline, c.timer_tick, c.gen),
             Some(Entry::Upstream(u)) => (u.deadline, u.timer_tick, u.gen),
@@ -491,7 +498,7 @@ impl EventLoop {
         if deadline > now_ms {
             // Moved later since this entry was filed: re-arm once.
             // Only the connection's live entry re-arms; stale ones just lapse.
-            if tick <= self.wheel.current_tick(self.now) {
+            if tick <= TimerWheel::current_tick(self.now_ms) {
                 let t = self.wheel.schedule(key as u32, gen, deadline);
                 self.set_tick(key, t);
             }
@@ -521,8 +528,8 @@ impl EventLoop {
     /// Moves a connection's deadline to `now + d`. Costs a wheel entry only
     /// when the deadline moves earlier than the entry already filed.
     pub(super) fn set_deadline(&mut self, key: usize, d: Duration) {
-        let deadline = self.wheel.after(self.now, d);
-        self.set_deadline_at(key, deadline);
+        let d = d.as_millis().min(u32::MAX as u128) as u32;
+        self.set_deadline_at(key, self.now_ms.saturating_add(d));
     }
 
     pub(super) fn set_deadline_at(&mut self, key: usize, deadline: Millis) {

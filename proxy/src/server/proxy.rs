@@ -13,7 +13,7 @@ use super::event_loop::{EventLoop, LINGER};
 use crate::balancer::PickContext;
 use crate::http::body::{BodyScan, Framing};
 use crate::http::errors::Reject;
-use crate::http::request::{parse_request, write_upstream_head, Method, RequestHead};
+use crate::http::request::{parse_request_into, write_upstream_head, Method, RequestHead};
 use crate::http::response::{parse_and_rewrite, ClientSide};
 use crate::stats::LoopStats;
 
@@ -232,20 +232,19 @@ impl EventLoop {
         if buf.is_empty() {
             return Step::Blocked;
         }
-        match parse_request(buf.data(), &self.limits) {
-            Ok(None) => {
-                if ex.client_eof {
-                    return Step::Close; // the client gave up mid-head
-                }
-                Step::Blocked
-            }
+        let mut head = self.scratch_head.take().unwrap_or_else(RequestHead::boxed);
+        let step = match parse_request_into(buf.data(), &self.limits, &mut head) {
+            Ok(false) if ex.client_eof => Step::Close, // the client gave up mid-head
+            Ok(false) => Step::Blocked,
             Err(reject) => self.reject(ck, ex, reject),
-            Ok(Some(head)) => self.begin(ck, ex, head),
-        }
+            Ok(true) => self.begin(ck, ex, &head),
+        };
+        self.scratch_head = Some(head);
+        step
     }
 
     /// Starts proxying a parsed request: route, backend, upstream head.
-    fn begin(&mut self, ck: usize, ex: &mut Exchange, head: RequestHead) -> Step {
+    fn begin(&mut self, ck: usize, ex: &mut Exchange, head: &RequestHead) -> Step {
         LoopStats::add(&self.stats.requests, 1);
         let data = ex.inbuf.as_ref().expect("head parsed from inbuf").data();
         if self.log.is_some() {
@@ -290,7 +289,7 @@ impl EventLoop {
         let data = ex.inbuf.as_ref().expect("head parsed from inbuf").data();
         let peer = self.client_mut(ck).peer;
         let fallback_host = &self.routing.backend_hosts[ex.upstream][ex.backend];
-        let fits = write_upstream_head(data, &head, &mut out, peer, fallback_host);
+        let fits = write_upstream_head(data, head, &mut out, peer, fallback_host);
         ex.req_head = Some(out);
         ex.req_head_sent = 0;
         if !fits {
