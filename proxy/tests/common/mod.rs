@@ -22,6 +22,9 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Proxy {
     child: Child,
     pub addr: SocketAddr,
+    /// Later stdout lines (the `admin on` line), read on the stdout thread.
+    lines: Mutex<std::sync::mpsc::Receiver<String>>,
+    admin: std::sync::OnceLock<SocketAddr>,
     _config: tempfile::NamedTempFile,
     /// The proxy's stderr; shown when a test fails.
     log: tempfile::NamedTempFile,
@@ -47,13 +50,22 @@ impl Proxy {
             .spawn()
             .expect("spawn speedmimi");
         let stdout = child.stdout.take().expect("stdout");
-        // Read the first line on a thread so a proxy that never prints cannot
-        // hang the test.
+        // Read stdout on a thread so a proxy that never prints cannot hang
+        // the test. The first line is waited for here; later ones (`admin
+        // on ADDR`) only when a test asks for them (`admin_addr`).
         let (tx, rx) = std::sync::mpsc::channel();
         thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
+            let mut out = BufReader::new(stdout);
+            loop {
+                let mut line = String::new();
+                let eof = !matches!(out.read_line(&mut line), Ok(n) if n > 0);
+                // An empty line tells `start` the proxy exited before printing.
+                // Keep reading after the receiver is gone: the pipe stays drained.
+                let _ = tx.send(line);
+                if eof {
+                    return;
+                }
+            }
         });
         let line = match rx.recv_timeout(IO_TIMEOUT) {
             Ok(line) => line,
@@ -76,6 +88,8 @@ impl Proxy {
         Proxy {
             child,
             addr,
+            lines: Mutex::new(rx),
+            admin: std::sync::OnceLock::new(),
             _config: file,
             log,
         }
@@ -83,6 +97,35 @@ impl Proxy {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The admin API's address from the proxy's `admin on ADDR` line (the
+    /// configuration must set `admin.listen`, as `Cfg` does), waited for at
+    /// most IO_TIMEOUT.
+    pub fn admin_addr(&self) -> SocketAddr {
+        *self.admin.get_or_init(|| {
+            let lines = self.lines.lock().unwrap();
+            let until = Instant::now() + IO_TIMEOUT;
+            loop {
+                let left = until.saturating_duration_since(Instant::now());
+                let line = lines
+                    .recv_timeout(left)
+                    .unwrap_or_else(|e| panic!("no `admin on` line from speedmimi: {e}"));
+                if let Some(addr) = line
+                    .strip_prefix("admin on ")
+                    .and_then(|a| a.trim().parse().ok())
+                {
+                    return addr;
+                }
+            }
+        })
+    }
+
+    /// A client of the proxy's admin API.
+    pub fn admin(&self) -> Admin {
+        Admin {
+            addr: self.admin_addr(),
+        }
     }
 
     /// Sends a signal by name (`TERM`, `HUP`, `KILL`, ...) to the proxy.
@@ -1048,6 +1091,11 @@ impl Client {
         Client::wrap(s)
     }
 
+    /// Connects, returning the error instead of failing the test.
+    pub fn try_connect(addr: SocketAddr) -> io::Result<Client> {
+        TcpStream::connect_timeout(&addr, IO_TIMEOUT).map(Client::wrap)
+    }
+
     /// Connects from a given local address (e.g. 127.0.0.7).
     pub fn connect_from(addr: SocketAddr, source: IpAddr) -> Client {
         let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
@@ -1290,5 +1338,71 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     while !cond() {
         assert!(Instant::now() < until, "timed out waiting for {what}");
         thread::sleep(Duration::from_millis(5));
+    }
+}
+
+// ---------------------------------------------------------------- admin --
+
+/// One answer of the admin API.
+#[derive(Debug, Clone)]
+pub struct AdminReply {
+    pub status: u16,
+    pub body: String,
+}
+
+impl AdminReply {
+    /// The body as JSON (panics with the body when it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("admin answer is not JSON ({e}): {}", self.body))
+    }
+}
+
+/// A client of the admin API: one connection per call (`Connection:
+/// close`), bounded by IO_TIMEOUT.
+#[derive(Debug, Clone, Copy)]
+pub struct Admin {
+    pub addr: SocketAddr,
+}
+
+impl Admin {
+    pub fn call(&self, method: &str, path: &str, body: &str) -> AdminReply {
+        let mut c = Client::connect(self.addr);
+        c.send(
+            format!(
+                "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        let r = c.read_response();
+        AdminReply {
+            status: r.status,
+            body: r.text(),
+        }
+    }
+
+    pub fn get(&self, path: &str) -> AdminReply {
+        self.call("GET", path, "")
+    }
+
+    /// GET that must answer 200 with JSON.
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        let r = self.get(path);
+        assert_eq!(r.status, 200, "GET {path}: {}", r.body);
+        r.json()
+    }
+
+    pub fn put(&self, path: &str, body: &str) -> AdminReply {
+        self.call("PUT", path, body)
+    }
+
+    pub fn post(&self, path: &str, body: &str) -> AdminReply {
+        self.call("POST", path, body)
+    }
+
+    pub fn delete(&self, path: &str) -> AdminReply {
+        self.call("DELETE", path, "")
     }
 }
