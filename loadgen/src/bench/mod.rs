@@ -204,6 +204,7 @@ fn bench_inner(scenario_path: &Path, out: Option<PathBuf>) -> Result<u8, BenchEr
     };
     let mut intervals = Vec::new();
     let mut failures = Vec::new();
+    let mut kernel_rows: Vec<serde_json::Value> = Vec::new();
     print_header();
     let loadgen = bin.join("loadgen");
     for round in 0..sc.rounds {
@@ -216,7 +217,21 @@ fn bench_inner(scenario_path: &Path, out: Option<PathBuf>) -> Result<u8, BenchEr
                     index: index as u32,
                 };
                 let o = steps::run(key, spec, &sc.loadgen, &loadgen, &dir, &sampler)?;
-                print_row(&o.step);
+                print_row(&o.step, o.slab_grown);
+                kernel_rows.push(serde_json::json!({
+                    "target": o.step.target, "round": o.step.round, "step": o.step.step,
+                    "peak_open": o.step.peak_open,
+                    "slab_unreclaim_grown_bytes": o.slab_grown,
+                    "proxy_rss_bytes_per_open_connection":
+                        o.step.proxy.rss_peak_bytes as f64 / o.step.peak_open.max(1) as f64,
+                    "proxy_rss_start_bytes": o.proxy_rss_start,
+                    "proxy_rss_grown_bytes_per_open_connection":
+                        o.step.proxy.rss_peak_bytes.saturating_sub(o.proxy_rss_start) as f64
+                            / o.step.peak_open.max(1) as f64,
+                    "slab_bytes_per_open_connection":
+                        o.slab_grown as f64 / o.step.peak_open.max(1) as f64,
+                }));
+                write_json(&dir.join("kernel.json"), &kernel_rows)?;
                 for f in &o.failures {
                     eprintln!("  CHECK FAILED: {f}");
                 }
@@ -297,9 +312,9 @@ fn mb(b: u64) -> String {
     format!("{:.1} MB", b as f64 / 1e6)
 }
 
-fn print_row(s: &reports::Step) {
+fn print_row(s: &reports::Step, slab_grown: u64) {
     println!(
-        "{:<12} {:>5} {:>4} {:>9} {:>9} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>8} {:>12.1} {:>11} {:>11} {:>8.1}",
+        "{:<12} {:>5} {:>4} {:>9} {:>9} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>8} {:>12.1} {:>11} {:>10.0} {:>11} {:>11} {:>8.1}",
         s.target,
         s.round,
         s.step,
@@ -312,7 +327,9 @@ fn print_row(s: &reports::Step) {
         s.errors.total(),
         s.proxy.cpu_us_per_request,
         mb(s.proxy.rss_peak_bytes),
+        s.proxy.rss_peak_bytes as f64 / s.peak_open.max(1) as f64,
         mb(s.kernel.sock_mem_bytes_peak),
+        mb(slab_grown),
         s.duration_s
     );
 }

@@ -84,12 +84,28 @@ pub fn sock_mem_bytes() -> u64 {
     crate::procstat::tcp_sockstat().map_or(0, |(_, kb)| kb * 1024)
 }
 
+/// Unreclaimable kernel slab (bytes, /proc/meminfo SUnreclaim): where socket
+/// structures live. sockstat's `mem` counts only buffer pages, so an idle socket
+/// shows there as ~0 while costing ~2.8 KB of slab.
+pub fn slab_unreclaim_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("SUnreclaim:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Sample {
     pub at: Instant,
     pub proxy: Usage,
     pub backend: Usage,
     pub sock_mem: u64,
+    pub slab: u64,
 }
 
 /// What the sampler watches: the proxy under test now (changes per step) and the backends.
@@ -113,6 +129,7 @@ pub fn take(watch: &Watch) -> Sample {
         proxy: usage(&tree_pids(&watch.proxy_roots)),
         backend: usage(&tree_pids(&watch.backend_roots)),
         sock_mem: sock_mem_bytes(),
+        slab: slab_unreclaim_bytes(),
     }
 }
 

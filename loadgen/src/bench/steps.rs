@@ -19,6 +19,10 @@ use crate::report::Summary;
 /// One finished step: the results.json entry, its interval rows, and any check that failed.
 pub struct StepOutcome {
     pub step: Step,
+    /// Growth of the kernel's unreclaimable slab from the step's start to its peak, bytes.
+    pub slab_grown: u64,
+    /// Proxy RSS (all its processes) when the step started: the idle baseline.
+    pub proxy_rss_start: u64,
     pub intervals: Vec<Interval>,
     pub failures: Vec<String>,
 }
@@ -228,8 +232,17 @@ pub fn run(
             spec.connections, summary.connections.peak_open, summary.requests
         ));
     }
+    let slab_grown = window
+        .iter()
+        .chain([&end])
+        .map(|s| s.slab)
+        .max()
+        .unwrap_or(0)
+        .saturating_sub(start.slab);
     Ok(StepOutcome {
         step,
+        slab_grown,
+        proxy_rss_start: start.proxy.rss_bytes,
         intervals,
         failures,
     })
