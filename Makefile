@@ -61,3 +61,9 @@ test-million: build
 # 100,000 connections held 30 s through 8 proxy processes; 0 errors.
 scale-100k: build
 	$(LOADGEN) bench --scenario scenarios/scale-100k.yaml
+
+# CI performance gate: speedmimi vs nginx ratios (5 interleaved rounds) against
+# the floors in ci/gates.yaml, and callgrind instructions per request against
+# ci/callgrind-baseline.json (3%). Prints a table; non-zero exit on a regression.
+gate: build
+	ci/gate.py
