@@ -196,6 +196,34 @@ impl Master {
         std::fs::rename(&tmp, &self.config_path)
     }
 
+    /// Writes `raw` for the workers, announces it, and waits until every
+    /// worker has applied it.
+    fn publish(&self, raw: &RawConfig) -> Result<(), ApplyError> {
+        self.write_config(raw).map_err(|e| ApplyError {
+            field: None,
+            message: format!("cannot hand the configuration to the workers: {e}"),
+        })?;
+        let generation = self.board.generation.fetch_add(1, AcqRel) + 1;
+        let deadline = Instant::now() + APPLY_WAIT;
+        loop {
+            let behind = (0..self.processes)
+                .filter(|&p| self.board.processes[p].applied_generation.load(Acquire) != generation)
+                .count();
+            if behind == 0 {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(ApplyError {
+                    field: None,
+                    message: format!(
+                        "{behind} worker process(es) did not apply it within 5 s (their logs say why)"
+                    ),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Restarts workers that died, within a poll interval.
     fn supervise(&self) {
         let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
@@ -208,6 +236,8 @@ impl Master {
                 if let Some(c) = child.as_ref() {
                     tracing::warn!("worker {index} (pid {}) died: restarting it", c.id());
                 }
+                // Its connections died with it; its totals stay in the sums.
+                self.board.forget_open_connections(index);
                 *child = self.spawn_worker(index).ok();
             }
         }
@@ -250,41 +280,24 @@ impl ControlPlane for Master {
             .clone()
     }
 
-    fn apply(&self, raw: RawConfig, config: Config) -> Result<(), ApplyError> {
+    fn apply(&self, mut raw: RawConfig, mut config: Config) -> Result<(), ApplyError> {
         let _one_at_a_time = self.applying.lock().unwrap_or_else(|e| e.into_inner());
-        let old = self
+        let (old_raw, old) = self
             .current
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .1
             .clone();
         refuse_restart_only_changes(&old, &config)?;
         if config.server.listen.port() == 0 {
-            return Err(ApplyError {
-                field: Some("server.listen".into()),
-                message: "worker processes need a fixed port".into(),
-            });
+            // "Any port" was resolved at start: keep the one the workers share.
+            config.server.listen.set_port(old.server.listen.port());
+            raw.server.listen = config.server.listen.to_string();
         }
-        self.write_config(&raw).map_err(|e| ApplyError {
-            field: None,
-            message: format!("cannot hand the configuration to the workers: {e}"),
-        })?;
-        let generation = self.board.generation.fetch_add(1, AcqRel) + 1;
-        let deadline = Instant::now() + APPLY_WAIT;
-        loop {
-            let behind = (0..self.processes)
-                .filter(|&p| self.board.processes[p].applied_generation.load(Acquire) != generation)
-                .count();
-            if behind == 0 {
-                break;
-            }
-            if Instant::now() >= deadline {
-                return Err(ApplyError {
-                    field: None,
-                    message: format!("{behind} worker process(es) did not apply it within 5 s"),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        if let Err(e) = self.publish(&raw) {
+            // Some workers may have it, others not, and restarted workers
+            // would read it: hand everyone the old configuration again.
+            let _ = self.publish(&old_raw);
+            return Err(e);
         }
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = (raw, Arc::new(config));
         Ok(())

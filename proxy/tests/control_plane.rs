@@ -276,7 +276,6 @@ fn switching_the_balancer_under_traffic_fails_no_request() {
 }
 
 #[test]
-#[ignore = "proxy bug: a removed backend's in-flight requests never leave its `active` count, so it stays `draining` forever; remove this once fixed"]
 fn adding_and_removing_a_backend_under_traffic_fails_no_request() {
     let a = Backend::start("a");
     let b = Backend::start("b");
@@ -492,7 +491,6 @@ fn a_killed_worker_process_keeps_the_port_open_and_the_sums_consistent() {
 }
 
 #[test]
-#[ignore = "proxy bug: a killed worker's open connections stay in connections.current; remove this once fixed"]
 fn open_connections_of_a_killed_worker_leave_the_connection_gauge() {
     let b = Backend::start("a");
     let p = Proxy::start(&two_process_yaml(&Cfg::new(&[b.addr])));
@@ -529,7 +527,6 @@ fn open_connections_of_a_killed_worker_leave_the_connection_gauge() {
 }
 
 #[test]
-#[ignore = "proxy bug: the replacement worker inherits the stale connection count and drains for the whole graceful_timeout; remove this once fixed"]
 fn sigterm_after_a_worker_was_killed_exits_once_idle() {
     let b = Backend::start("a");
     let yaml = two_process_yaml(&Cfg::new(&[b.addr])).replace(
@@ -613,7 +610,6 @@ fn sighup_with_worker_processes_moves_every_worker_to_the_new_backend() {
 }
 
 #[test]
-#[ignore = "proxy bug: with processes > 1 a reload of a file with port 0 is refused (`worker processes need a fixed port`); remove this once fixed"]
 fn sighup_with_worker_processes_rereads_a_file_that_asks_for_any_port() {
     let a = Backend::start("a");
     let b = Backend::start("b");
@@ -633,7 +629,6 @@ fn sighup_with_worker_processes_rereads_a_file_that_asks_for_any_port() {
 }
 
 #[test]
-#[ignore = "proxy bug: with processes > 1 a change the workers refuse stays in the file restarted workers read; remove this once fixed"]
 fn a_change_the_workers_refuse_is_not_left_for_restarted_workers() {
     let a = Backend::start("a");
     let p = Proxy::start(&two_process_yaml_on(&Cfg::new(&[a.addr]), closed_port()));

@@ -170,6 +170,16 @@ impl Board {
         &self.loops[process.min(MAX_PROCESSES - 1) * MAX_LOOPS + event_loop.min(MAX_LOOPS - 1)]
     }
 
+    /// A worker process died: its connections are gone, so its gauges drop
+    /// to zero (its counters keep their totals).
+    pub fn forget_open_connections(&self, process: usize) {
+        for l in 0..MAX_LOOPS {
+            self.loop_stats(process, l)
+                .connections_current
+                .store(0, Relaxed);
+        }
+    }
+
     /// The counters of `upstream`'s backend `addr`, claimed on first use.
     /// When the table is full, the last slot is shared (counts still add up).
     pub fn backend(&self, upstream: &str, addr: &str) -> &BackendCounters {

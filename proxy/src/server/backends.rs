@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use super::event_loop::EventLoop;
+use crate::control::board::BackendCounters;
 use crate::upstream::health::Health;
 
 /// Upstream/backend index of something the configuration no longer has.
@@ -21,19 +22,34 @@ impl EventLoop {
             .is_some_and(|s| b < s.backends.len())
     }
 
-    pub(super) fn backend_started(&mut self, u: usize, b: usize) {
-        if self.known(u, b) {
-            self.routing.upstreams[u].request_started(b);
-            let c = self.routing.counters[u][b];
-            c.active.fetch_add(1, Relaxed);
-            c.requests.fetch_add(1, Relaxed);
+    /// Returns the backend's shared counters; hand them back to
+    /// `backend_finished` when the request ends.
+    pub(super) fn backend_started(
+        &mut self,
+        u: usize,
+        b: usize,
+    ) -> Option<&'static BackendCounters> {
+        if !self.known(u, b) {
+            return None;
         }
+        self.routing.upstreams[u].request_started(b);
+        let c = self.routing.counters[u][b];
+        c.active.fetch_add(1, Relaxed);
+        c.requests.fetch_add(1, Relaxed);
+        Some(c)
     }
 
-    pub(super) fn backend_finished(&mut self, u: usize, b: usize) {
+    pub(super) fn backend_finished(
+        &mut self,
+        u: usize,
+        b: usize,
+        counters: Option<&'static BackendCounters>,
+    ) {
         if self.known(u, b) {
             self.routing.upstreams[u].request_finished(b);
-            self.routing.counters[u][b].active.fetch_sub(1, Relaxed);
+        }
+        if let Some(c) = counters {
+            c.active.fetch_sub(1, Relaxed);
         }
     }
 

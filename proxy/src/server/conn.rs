@@ -7,6 +7,7 @@ use std::time::Instant;
 use mio::net::TcpStream;
 
 use crate::buffer::Buf;
+use crate::control::board::BackendCounters;
 use crate::http::body::{BodyScan, Framing};
 use crate::http::response::ClientSide;
 use crate::timer::Millis;
@@ -108,6 +109,9 @@ pub(super) struct Exchange {
     pub status: u16,
     /// "METHOD target" of the request, kept only when the access log is on.
     pub req_line: Vec<u8>,
+    /// Shared counters of the backend serving the request: kept here so the
+    /// request leaves `active` even if a reconfiguration removed the backend.
+    pub counters: Option<&'static BackendCounters>,
 }
 
 impl Exchange {
@@ -153,6 +157,7 @@ impl Exchange {
             shut: false,
             status: 0,
             req_line: Vec::new(),
+            counters: None,
         }
     }
 

@@ -635,7 +635,7 @@ impl EventLoop {
     pub(super) fn close_client(&mut self, key: usize, ex: Option<Box<Exchange>>) {
         if let Some(mut ex) = ex {
             if let Some(uk) = ex.upstream_key.take() {
-                self.finish_upstream(ex.upstream, ex.backend, uk, false);
+                self.finish_upstream(&mut ex, uk, false);
             }
             self.recycle_exchange(ex);
         }

@@ -347,7 +347,7 @@ impl EventLoop {
             up.reused = reused;
             ex.upstream_key = Some(key);
             ex.backend = b;
-            self.backend_started(u, b);
+            ex.counters = self.backend_started(u, b);
             return Ok(());
         }
     }
@@ -624,7 +624,7 @@ impl EventLoop {
         let leftover = ex.resp_buf.as_ref().is_some_and(|b| !b.is_empty());
         let reusable = ex.upstream_reusable && req_complete && !leftover && !ex.upstream_eof;
         if let Some(uk) = ex.upstream_key.take() {
-            self.finish_upstream(ex.upstream, ex.backend, uk, reusable);
+            self.finish_upstream(ex, uk, reusable);
         }
         self.log_request(ck, ex, ex.status);
         self.bufs.put_opt(&mut ex.req_head);
@@ -655,8 +655,9 @@ impl EventLoop {
     }
 
     /// Returns a backend connection to the pool or closes it.
-    pub(super) fn finish_upstream(&mut self, u: usize, b: usize, uk: usize, reusable: bool) {
-        self.backend_finished(u, b);
+    pub(super) fn finish_upstream(&mut self, ex: &mut Exchange, uk: usize, reusable: bool) {
+        let (u, b) = (ex.upstream, ex.backend);
+        self.backend_finished(u, b, ex.counters.take());
         if reusable && u < self.routing.upstreams.len() {
             let limit = self.routing.upstream_cfg[u].keepalive;
             let up = self.upstream_mut(uk);
@@ -680,7 +681,7 @@ impl EventLoop {
         };
         let reused = matches!(self.slab.get(uk), Some(Entry::Upstream(u)) if u.reused);
         let (u, b) = (ex.upstream, ex.backend);
-        self.backend_finished(u, b);
+        self.backend_finished(u, b, ex.counters.take());
         self.close_upstream(uk);
         if ex.resp_started || ex.resp_body.is_some() {
             return Step::Close;
@@ -734,7 +735,7 @@ impl EventLoop {
         LoopStats::add(&self.stats.rejects[reject as usize], 1);
         self.log_request(ck, ex, reject.status());
         if let Some(uk) = ex.upstream_key.take() {
-            self.finish_upstream(ex.upstream, ex.backend, uk, false);
+            self.finish_upstream(ex, uk, false);
         }
         if ex.resp_started {
             return Step::Close;
