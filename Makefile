@@ -37,11 +37,13 @@ report:
 	@test -n "$(DIR)" || { echo "usage: make report DIR=results/NAME-TIME"; exit 2; }
 	$(LOADGEN) report $(DIR)
 
-# SpeedMimi vs nginx vs HAProxy (installs the peers and wrk from Debian if missing).
+# SpeedMimi vs nginx vs HAProxy under the same load, interleaved, on the same
+# charts (scenarios/peers.yaml, about 4 minutes). Ends with report.html's path.
 bench-peers: build
-	ci/bench_peers.py --json results/peers.json
+	$(LOADGEN) bench --scenario scenarios/peers.yaml
 
-# The issue-2 table: req/s, p99, CPU per request, idle RSS per connection.
+# The issue-2 table (ci/bench_peers.py with wrk): req/s, p99, CPU per request
+# and idle RSS per connection of speedmimi, nginx and HAProxy.
 peers-table: build
 	ci/bench_peers.py --json results/peers.json
 
@@ -67,3 +69,7 @@ scale-100k: build
 # ci/callgrind-baseline.json (3%). Prints a table; non-zero exit on a regression.
 gate: build
 	ci/gate.py
+
+# A CPU profile of the proxy under load as a flame graph SVG (perf + inferno).
+profile: build
+	ci/profile.sh
