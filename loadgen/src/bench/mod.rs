@@ -290,7 +290,7 @@ fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<(), BenchError>
 
 fn print_header() {
     println!(
-        "{:<12} {:>5} {:>4} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>8} {:>12} {:>11} {:>11} {:>8}",
+        "{:<12} {:>5} {:>4} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>8} {:>12} {:>11} {:>10} {:>11} {:>11} {:>8}",
         "target",
         "round",
         "step",
@@ -303,7 +303,9 @@ fn print_header() {
         "errors",
         "CPU us/req",
         "proxy RSS",
+        "RSS B/conn",
         "sock mem",
+        "slab grown",
         "secs"
     );
 }
