@@ -135,6 +135,10 @@ fn bench_inner(scenario_path: &Path, out: Option<PathBuf>) -> Result<u8, BenchEr
     let dir = out.unwrap_or_else(|| PathBuf::from(format!("results/{}-{compact}", sc.name)));
     std::fs::create_dir_all(dir.join("steps"))
         .map_err(|e| BenchError::Output(format!("cannot create {}: {e}", dir.display())))?;
+    // Absolute, so peers started with another working directory (nginx -p) find their files.
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| BenchError::Output(format!("cannot resolve {}: {e}", dir.display())))?;
 
     if let Some(p) = &sc.tuner_check {
         tuner_check(&bin, p);

@@ -204,7 +204,6 @@ pub fn read_listen_addr(m: &mut Managed, timeout: Duration) -> Result<String, Be
         .take()
         .ok_or_else(|| BenchError::Start(format!("{}: stdout not piped", m.name)))?;
     let (tx, rx) = std::sync::mpsc::channel();
-    let name = m.name.clone();
     std::thread::spawn(move || {
         let mut r = BufReader::new(stdout);
         let mut line = String::new();
@@ -224,7 +223,6 @@ pub fn read_listen_addr(m: &mut Managed, timeout: Duration) -> Result<String, Be
                 }
             }
         }
-        drop(name);
     });
     rx.recv_timeout(timeout).map_err(|_| {
         BenchError::Start(format!(

@@ -198,7 +198,6 @@ pub fn run(
             connect: e.connect,
             read: e.read,
             write: e.write,
-            // Malformed responses have no column of their own in v1; count them as read errors.
             timeout: e.timeout,
             status_4xx: e.status_4xx,
             status_5xx: e.status_5xx,
@@ -208,6 +207,7 @@ pub fn run(
         kernel,
     };
     let mut step = step;
+    // Malformed responses have no column of their own in v1: count them as read errors.
     step.errors.read += e.parse;
 
     let intervals = intervals(&csv_path, &key, t0, &start, &window)?;
