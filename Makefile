@@ -5,7 +5,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 RELEASE := $(TARGET_DIR)/release
 LOADGEN := $(RELEASE)/loadgen
 
-.PHONY: all build build-prod test lint fmt bench bench-peers peers-table bench-loadgen \
+.PHONY: bench-reconfig all build build-prod test lint fmt bench bench-peers peers-table bench-loadgen \
         report test-million scale-100k gate profile clean
 
 all: build
@@ -63,6 +63,11 @@ test-million: build
 # 100,000 connections held 30 s through 8 proxy processes; 0 errors.
 scale-100k: build
 	$(LOADGEN) bench --scenario scenarios/scale-100k.yaml
+
+# Load under live reconfiguration: 1000 connections for 30 s while the admin
+# API switches the balancer and adds/removes a backend every second.
+bench-reconfig: build
+	SPEEDMIMI=target/release/speedmimi LOADGEN=target/release/loadgen ci/bench-reconfig.sh
 
 # CI performance gate: speedmimi vs nginx ratios (5 interleaved rounds) against
 # the floors in ci/gates.yaml, and callgrind instructions per request against
