@@ -41,14 +41,6 @@ impl BodyScan {
         }
     }
 
-    pub fn is_until_close(&self) -> bool {
-        matches!(self.framing, Framing::UntilClose)
-    }
-
-    pub fn is_chunked(&self) -> bool {
-        matches!(self.framing, Framing::Chunked(_))
-    }
-
     /// Bytes at the front of the buffer ready to forward.
     pub fn pending(&self) -> usize {
         self.pending

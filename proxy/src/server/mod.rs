@@ -39,8 +39,6 @@ struct LoopHandle {
 pub struct Server {
     pub local_addr: SocketAddr,
     board: &'static Board,
-    /// Slot of this process in the board (0 without worker processes).
-    process: usize,
     loops: Vec<LoopHandle>,
     threads: Mutex<Vec<JoinHandle<io::Result<()>>>>,
     current: Mutex<(RawConfig, Arc<Config>)>,
@@ -101,7 +99,6 @@ impl Server {
         Ok(Arc::new(Server {
             local_addr,
             board,
-            process,
             loops,
             threads: Mutex::new(threads),
             current: Mutex::new((raw, config)),
@@ -184,14 +181,6 @@ impl Server {
                 .map_err(|_| io::Error::other("event loop panicked"))??;
         }
         Ok(())
-    }
-
-    pub fn board(&self) -> &'static Board {
-        self.board
-    }
-
-    pub fn process(&self) -> usize {
-        self.process
     }
 }
 

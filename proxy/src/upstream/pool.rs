@@ -40,10 +40,6 @@ impl KeepAlivePool {
             }
         }
     }
-
-    pub fn idle_count(&self) -> usize {
-        self.idle.iter().flatten().map(Vec::len).sum()
-    }
 }
 
 #[cfg(test)]
