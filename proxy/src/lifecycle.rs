@@ -79,13 +79,7 @@ pub fn run(
     });
     for signal in signals.forever() {
         match signal {
-            SIGHUP => match Config::load(path) {
-                Ok((raw, config)) => match server.apply_config(raw, config) {
-                    Ok(()) => tracing::info!("reloaded {}", path.display()),
-                    Err(e) => tracing::error!("reload refused, old configuration kept: {e:?}"),
-                },
-                Err(e) => tracing::error!("reload refused, old configuration kept: {e}"),
-            },
+            SIGHUP => reload(path, &*server),
             SIGTERM => {
                 tracing::info!("SIGTERM: draining for at most {graceful:?}");
                 server.drain(graceful);
@@ -95,6 +89,18 @@ pub fn run(
         }
     }
     Ok(())
+}
+
+/// SIGHUP: re-reads the file and applies it everywhere, or keeps the old
+/// configuration and says why.
+fn reload(path: &Path, plane: &dyn ControlPlane) {
+    match Config::load(path) {
+        Ok((raw, config)) => match plane.apply(raw, config) {
+            Ok(()) => tracing::info!("reloaded {}", path.display()),
+            Err(e) => tracing::error!("reload refused, old configuration kept: {e:?}"),
+        },
+        Err(e) => tracing::error!("reload refused, old configuration kept: {e}"),
+    }
 }
 
 /// A worker process: runs its loops, follows the master's configuration
@@ -394,13 +400,7 @@ fn run_master(
     loop {
         for signal in signals.pending() {
             match signal {
-                SIGHUP => match Config::load(path) {
-                    Ok((raw, config)) => match master.apply(raw, config) {
-                        Ok(()) => tracing::info!("reloaded {}", path.display()),
-                        Err(e) => tracing::error!("reload refused, old configuration kept: {e:?}"),
-                    },
-                    Err(e) => tracing::error!("reload refused, old configuration kept: {e}"),
-                },
+                SIGHUP => reload(path, &*master),
                 SIGTERM => {
                     tracing::info!("SIGTERM: workers drain for at most {graceful:?}");
                     master.signal_workers(libc::SIGTERM);

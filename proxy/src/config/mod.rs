@@ -172,14 +172,7 @@ impl std::error::Error for ConfigError {}
 
 impl Config {
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: origin.clone(),
-            line: None,
-            field: String::new(),
-            message: format!("cannot read the configuration file: {e}"),
-        })?;
-        Config::from_yaml_str(&text, &origin)
+        Config::load(path).map(|(_, config)| config)
     }
 
     /// Reads a file into both shapes: the raw one (as written, for the admin
