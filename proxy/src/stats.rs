@@ -19,6 +19,10 @@ pub struct LoopStats {
     pub upstream_connects: AtomicU64,
     pub upstream_reuses: AtomicU64,
     pub upstream_retries: AtomicU64,
+    /// Requests that waited in an upstream queue (`max_conns`), and those
+    /// of them answered 503 because `queue_timeout` passed.
+    pub upstream_queued: AtomicU64,
+    pub queue_timeouts: AtomicU64,
     /// Error answers the proxy produced itself, by kind (index: `Reject as usize`).
     pub rejects: [AtomicU64; Reject::COUNT],
 }

@@ -82,6 +82,8 @@ fn counters(scale: u64) -> Counters {
         upstream_connects: 10 * scale,
         upstream_reuses: 990 * scale,
         upstream_retries: scale,
+        upstream_queued: scale,
+        queue_timeouts: 0,
         errors: vec![("bad_request", 400, 2 * scale), ("bad_gateway", 502, scale)],
     }
 }

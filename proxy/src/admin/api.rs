@@ -118,6 +118,8 @@ fn counters_json(c: &Counters) -> Value {
             "connects": c.upstream_connects,
             "reuses": c.upstream_reuses,
             "retries": c.upstream_retries,
+            "queued": c.upstream_queued,
+            "queue_timeouts": c.queue_timeouts,
         },
         "errors": errors,
     })

@@ -124,7 +124,7 @@ fn counter_families(
     } else {
         "one event loop"
     };
-    let simple: [CounterDef; 8] = [
+    let simple: [CounterDef; 10] = [
         ("connections", "Client connections accepted", |c| {
             c.connections_total
         }),
@@ -154,6 +154,16 @@ fn counter_families(
             "upstream_retries",
             "Requests tried again on another backend",
             |c| c.upstream_retries,
+        ),
+        (
+            "upstream_queued",
+            "Requests that waited for a backend connection (max_conns)",
+            |c| c.upstream_queued,
+        ),
+        (
+            "upstream_queue_timeouts",
+            "Requests answered 503 after waiting queue_timeout for a connection",
+            |c| c.queue_timeouts,
         ),
     ];
     family(

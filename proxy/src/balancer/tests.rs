@@ -30,6 +30,8 @@ fn upstream_at(ports: &[u16], weights: &[u32]) -> UpstreamState {
         max_fails: 1,
         fail_timeout: Duration::from_secs(10),
         retries: 2,
+        max_conns: 0,
+        queue_timeout: Duration::from_secs(5),
     };
     UpstreamState::from_config(&cfg)
 }

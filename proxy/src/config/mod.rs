@@ -81,6 +81,11 @@ pub struct UpstreamConfig {
     pub fail_timeout: Duration,
     /// Extra backends tried after a failed connect (bounded).
     pub retries: u32,
+    /// Connections (busy, idle or connecting) each event loop keeps to each
+    /// backend at most; 0 = no limit. Requests beyond wait in a FIFO queue.
+    pub max_conns: usize,
+    /// Longest wait in that queue; 503 after it.
+    pub queue_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,6 +245,8 @@ impl Config {
                     max_fails: Some(u.max_fails),
                     fail_timeout: Some(format_duration(u.fail_timeout)),
                     retries: Some(u.retries),
+                    max_conns: Some(u.max_conns as u32),
+                    queue_timeout: Some(format_duration(u.queue_timeout)),
                 };
                 (name.clone(), raw)
             })

@@ -245,6 +245,9 @@ fn bad_configs() -> Vec<(String, Option<usize>, &'static str, &'static str)> {
         (edit(5, false, "  max_header_size: 16 parsecs"), Some(6), "server.max_header_size", "invalid size"),
         (edit(5, false, "  max_header_size: 10"), Some(6), "server.max_header_size", "1KiB to 1MiB"),
         (edit(10, false, "    retries: 1000"), Some(11), "upstreams.api.retries", "1000 retries"),
+        (edit(10, false, "    max_conns: 5000000"), Some(11), "upstreams.api.max_conns", "up to 1000000"),
+        (edit(10, false, "    max_conns: -1"), Some(11), "upstreams.api.max_conns", "expected u32"),
+        (edit(10, false, "    queue_timeout: 0s"), Some(11), "upstreams.api.queue_timeout", "zero timeout"),
         // semantic: admin
         (edit(5, false, "admin:\n  listen: \"0.0.0.0:9091\""), Some(7), "admin.listen", "set admin.token"),
         (edit(5, false, "admin:\n  token: \"\""), Some(7), "admin.token", "empty token"),

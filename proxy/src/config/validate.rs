@@ -39,6 +39,8 @@ const MAX_WORKERS: u64 = 1024;
 const MAX_PROCESSES: u32 = 256;
 const MAX_WEIGHT: u32 = 10_000;
 const MAX_RETRIES: u32 = 100;
+/// More connections to one backend than an event loop has descriptors for.
+const MAX_CONNS_PER_BACKEND: u32 = 1_000_000;
 const MIN_HEADER_SIZE: u64 = 1024;
 const MAX_HEADER_SIZE: u64 = 1024 * 1024;
 
@@ -283,6 +285,21 @@ impl Validator<'_> {
                 format!("{retries} retries; write a number from 0 to {MAX_RETRIES}"),
             ));
         }
+        let max_conns = u.max_conns.unwrap_or(0);
+        if max_conns > MAX_CONNS_PER_BACKEND {
+            return Err(self.err(
+                format!("{field}.max_conns"),
+                format!(
+                    "{max_conns} connections per backend per event loop; write 0 (no limit) \
+                     or a number up to {MAX_CONNS_PER_BACKEND}"
+                ),
+            ));
+        }
+        let connect_timeout = self.duration(
+            &format!("{field}.connect_timeout"),
+            &u.connect_timeout,
+            DEFAULT_CONNECT_TIMEOUT,
+        )?;
         Ok(UpstreamConfig {
             backends,
             keepalive: u.keepalive.unwrap_or(DEFAULT_KEEPALIVE) as usize,
@@ -291,11 +308,7 @@ impl Validator<'_> {
                 &u.keepalive_timeout,
                 DEFAULT_KEEPALIVE_TIMEOUT,
             )?,
-            connect_timeout: self.duration(
-                &format!("{field}.connect_timeout"),
-                &u.connect_timeout,
-                DEFAULT_CONNECT_TIMEOUT,
-            )?,
+            connect_timeout,
             read_timeout: self.duration(
                 &format!("{field}.read_timeout"),
                 &u.read_timeout,
@@ -313,6 +326,13 @@ impl Validator<'_> {
                 DEFAULT_FAIL_TIMEOUT,
             )?,
             retries,
+            max_conns: max_conns as usize,
+            // As HAProxy's `timeout queue`: the connect timeout unless set.
+            queue_timeout: self.duration(
+                &format!("{field}.queue_timeout"),
+                &u.queue_timeout,
+                connect_timeout,
+            )?,
         })
     }
 

@@ -36,6 +36,10 @@ pub struct Counters {
     pub upstream_connects: u64,
     pub upstream_reuses: u64,
     pub upstream_retries: u64,
+    /// Requests that waited for a connection (`max_conns`), and those that
+    /// waited past `queue_timeout` (answered 503).
+    pub upstream_queued: u64,
+    pub queue_timeouts: u64,
     /// Answers the proxy produced itself: (kind, status, count), every kind listed.
     pub errors: Vec<(&'static str, u16, u64)>,
 }

@@ -22,6 +22,8 @@ fn counters_of(s: &LoopStats) -> Counters {
         upstream_connects: s.upstream_connects.load(Relaxed),
         upstream_reuses: s.upstream_reuses.load(Relaxed),
         upstream_retries: s.upstream_retries.load(Relaxed),
+        upstream_queued: s.upstream_queued.load(Relaxed),
+        queue_timeouts: s.queue_timeouts.load(Relaxed),
         errors: Reject::ALL
             .iter()
             .map(|r| (r.name(), r.status(), s.rejects[*r as usize].load(Relaxed)))
@@ -39,6 +41,8 @@ fn add(total: &mut Counters, c: &Counters) {
     total.upstream_connects += c.upstream_connects;
     total.upstream_reuses += c.upstream_reuses;
     total.upstream_retries += c.upstream_retries;
+    total.upstream_queued += c.upstream_queued;
+    total.queue_timeouts += c.queue_timeouts;
     if total.errors.is_empty() {
         total.errors = c.errors.clone();
     } else {

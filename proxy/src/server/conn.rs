@@ -25,6 +25,9 @@ pub(super) enum Phase {
     Idle,
     /// A request head is arriving: header_timeout from its first byte.
     Head,
+    /// A request waits in its upstream's queue for a connection
+    /// (`max_conns`): queue_timeout, then 503.
+    Queued,
     /// A request is being proxied: upstream and read/write timeouts.
     Busy,
     /// An error answer is being sent, then the connection lingers briefly.

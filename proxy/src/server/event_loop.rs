@@ -2,6 +2,7 @@
 //! timeouts. The proxying itself (what a connection does when it can make
 //! progress) is in `proxy.rs`.
 
+use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use crate::http::request::Limits;
 use crate::stats::LoopStats;
 use crate::timer::{Millis, TimerWheel};
 use crate::upstream::pool::KeepAlivePool;
+use crate::upstream::slots::{Slots, Waiter};
 use crate::upstream::UpstreamState;
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -44,6 +46,9 @@ pub(super) struct Routing {
     pub router: Router,
     /// Upstream index of each route.
     pub route_upstream: Vec<usize>,
+    /// The upstream every request goes to, when routing cannot pick another
+    /// (one upstream behind every route, a catch-all `default` among them).
+    pub sole_upstream: Option<usize>,
     pub balancers: Vec<Box<dyn Balancer>>,
     pub upstreams: Vec<UpstreamState>,
     pub upstream_cfg: Vec<UpstreamConfig>,
@@ -84,7 +89,16 @@ impl Routing {
             .iter()
             .map(|u| u.backends.iter().map(|b| b.addr.to_string()).collect())
             .collect();
+        let sole_upstream = match route_upstream.split_first() {
+            Some((&u, rest))
+                if rest.iter().all(|&v| v == u) && config.routing.contains_key("default") =>
+            {
+                Some(u)
+            }
+            _ => None,
+        };
         Routing {
+            sole_upstream,
             router: Router::new(&config),
             config,
             route_upstream,
@@ -149,6 +163,12 @@ pub struct EventLoop {
     now_ms: Millis,
     next_gen: u32,
     last_trim: Instant,
+    /// Connections open per backend and the `max_conns` wait queues.
+    pub(super) slots: Slots,
+    /// Waiters handed a connection slot, driven after the current event.
+    pub(super) handoffs: VecDeque<(Waiter, usize)>,
+    /// The client being driven because it was handed a slot.
+    pub(super) handoff: Option<usize>,
 }
 
 impl EventLoop {
@@ -202,6 +222,9 @@ impl EventLoop {
             now_ms: 0,
             next_gen: 1,
             last_trim: now,
+            slots: Slots::new(&sizes),
+            handoffs: VecDeque::new(),
+            handoff: None,
         })
     }
 
@@ -251,6 +274,7 @@ impl EventLoop {
                 }
                 self.on_ready(token.0, ready);
             }
+            self.run_handoffs();
             if self.listener_ready {
                 self.accept_batch();
             }
@@ -258,6 +282,7 @@ impl EventLoop {
             for (key, gen) in expired.drain(..) {
                 self.on_timer(key as usize, gen);
             }
+            self.run_handoffs();
             self.maybe_trim();
             if let Some(log) = self.log.as_mut() {
                 log.flush_if_due(self.now);
@@ -350,6 +375,7 @@ impl EventLoop {
             max_uri: max_head.min(8192),
         };
         self.routing = new;
+        self.requeue_after_apply();
         Ok(())
     }
 
@@ -622,12 +648,16 @@ impl EventLoop {
             reused: false,
         }));
         LoopStats::add(&self.stats.upstream_connects, 1);
+        self.slots.opened(upstream, backend);
         Ok(key)
     }
 
     pub(super) fn close_upstream(&mut self, key: usize) {
         if let Some(Entry::Upstream(mut u)) = self.slab.try_remove(key) {
             let _ = self.poll.registry().deregister(&mut u.stream);
+            let (up, b) = (u.upstream as usize, u.backend as usize);
+            self.slots.closed(up, b);
+            self.hand_out_slots(up);
         }
     }
 

@@ -9,6 +9,7 @@ mod conn;
 mod event_loop;
 mod listener;
 mod proxy;
+mod queue;
 
 use std::io;
 use std::net::SocketAddr;

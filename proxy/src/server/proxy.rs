@@ -26,7 +26,7 @@ pub(super) enum Flow {
 
 /// The outcome of one step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Step {
+pub(super) enum Step {
     Progress,
     Blocked,
     Close,
@@ -59,6 +59,15 @@ enum Waiting {
 
 /// At most this many backends are tried for one request.
 const MAX_TRIED: usize = 4;
+/// Backends at `max_conns` passed over for one request before it queues.
+const MAX_FULL_SKIPPED: usize = 16;
+
+/// Whether `attach_backend` found a connection.
+enum Attached {
+    Yes,
+    /// Every backend that could take the request is at `max_conns`.
+    MustQueue,
+}
 
 impl EventLoop {
     /// Makes every bit of progress a client connection can make now.
@@ -223,14 +232,25 @@ impl EventLoop {
 
     /// Parses the next request head when none is in flight.
     fn next_request(&mut self, ck: usize, ex: &mut Exchange) -> Step {
-        if ex.active || self.client_mut(ck).phase == Phase::Closing {
+        let phase = self.client_mut(ck).phase;
+        if ex.active || phase == Phase::Closing {
             return Step::Blocked;
+        }
+        if phase == Phase::Queued && self.handoff != Some(ck) {
+            return Step::Blocked; // its turn comes from run_handoffs
         }
         let Some(buf) = ex.inbuf.as_ref() else {
             return Step::Blocked;
         };
         if buf.is_empty() {
             return Step::Blocked;
+        }
+        // Behind a queue, a complete head waits unparsed: it is parsed once,
+        // when its turn comes (where it goes needs no parsing to know).
+        if let Some(u) = self.routing.sole_upstream {
+            if self.must_queue(ck, u) && memchr::memmem::find(buf.data(), b"\r\n\r\n").is_some() {
+                return self.queue_request(ck, u);
+            }
         }
         let mut head = self.scratch_head.take().unwrap_or_else(RequestHead::boxed);
         let step = match parse_request_into(buf.data(), &self.limits, &mut head) {
@@ -245,7 +265,9 @@ impl EventLoop {
 
     /// Starts proxying a parsed request: route, backend, upstream head.
     fn begin(&mut self, ck: usize, ex: &mut Exchange, head: &RequestHead) -> Step {
-        LoopStats::add(&self.stats.requests, 1);
+        if self.handoff != Some(ck) {
+            LoopStats::add(&self.stats.requests, 1); // once, not again after queueing
+        }
         let data = ex.inbuf.as_ref().expect("head parsed from inbuf").data();
         if self.log.is_some() {
             ex.req_line.clear();
@@ -260,8 +282,12 @@ impl EventLoop {
         else {
             return self.reject(ck, ex, Reject::NotFound);
         };
+        let upstream = self.routing.route_upstream[route];
+        if self.must_queue(ck, upstream) {
+            return self.queue_request(ck, upstream);
+        }
         ex.route = route;
-        ex.upstream = self.routing.route_upstream[route];
+        ex.upstream = upstream;
         ex.client = ClientSide {
             http10: head.http10,
             keep_alive: head.keep_alive,
@@ -280,10 +306,15 @@ impl EventLoop {
         ex.attempts = 0;
         ex.tried = [usize::MAX; MAX_TRIED];
         ex.started = self.now;
-        self.client_mut(ck).phase = Phase::Busy;
-        if let Err(reject) = self.attach_backend(ck, ex) {
-            return self.reject(ck, ex, reject);
+        match self.attach_backend(ck, ex, true) {
+            Ok(Attached::Yes) => {}
+            Ok(Attached::MustQueue) => return self.queue_request(ck, upstream),
+            Err(reject) => {
+                self.client_mut(ck).phase = Phase::Busy;
+                return self.reject(ck, ex, reject);
+            }
         }
+        self.client_mut(ck).phase = Phase::Busy;
         // The head grows by the forwarding headers (and a Host for HTTP/1.0).
         let mut out = self.bufs.get_for(head.head_len + 512);
         let data = ex.inbuf.as_ref().expect("head parsed from inbuf").data();
@@ -302,7 +333,15 @@ impl EventLoop {
 
     /// Picks a backend and gives the exchange a connection to it: an idle
     /// pooled one, or a new one. Failed connects move on to another backend.
-    fn attach_backend(&mut self, ck: usize, ex: &mut Exchange) -> Result<(), Reject> {
+    /// With `within_limit`, backends at `max_conns` are passed over and,
+    /// when every candidate is, the request must queue; a retry after a
+    /// failed attempt does not queue (it may open one connection beyond).
+    fn attach_backend(
+        &mut self,
+        ck: usize,
+        ex: &mut Exchange,
+        within_limit: bool,
+    ) -> Result<Attached, Reject> {
         let u = ex.upstream;
         if u >= self.routing.upstreams.len() || ex.route >= self.routing.balancers.len() {
             return Err(Reject::BadGateway); // reconfigured away mid-request
@@ -310,17 +349,37 @@ impl EventLoop {
         // One try and `retries` more; a stale pooled connection gives its try back.
         let max_attempts = (self.routing.upstream_cfg[u].retries as usize + 1).min(MAX_TRIED);
         let peer = self.client_mut(ck).peer;
+        // Tried backends, then those found full.
+        let mut skip = [usize::MAX; MAX_TRIED + MAX_FULL_SKIPPED];
+        let mut full = 0;
         loop {
             if ex.attempts >= max_attempts {
                 return Err(Reject::BadGateway);
             }
+            skip[..MAX_TRIED].copy_from_slice(&ex.tried);
+            let exclude = if full == 0 {
+                &skip[..ex.tries]
+            } else {
+                &skip[..] // the unused slots hold usize::MAX, no backend's index
+            };
             let ctx = PickContext {
                 client_ip: peer,
-                exclude: &ex.tried[..ex.tries],
+                exclude,
                 now: self.now,
             };
             let picked = self.routing.balancers[ex.route].pick(&self.routing.upstreams[u], &ctx);
+            if let Some(b) = picked.filter(|&b| within_limit && self.backend_full(u, b)) {
+                if full == MAX_FULL_SKIPPED {
+                    return Ok(Attached::MustQueue);
+                }
+                skip[MAX_TRIED + full] = b;
+                full += 1;
+                continue;
+            }
             let Some(b) = picked else {
+                if full > 0 {
+                    return Ok(Attached::MustQueue);
+                }
                 return Err(if ex.tries == 0 {
                     Reject::Unavailable
                 } else {
@@ -348,7 +407,7 @@ impl EventLoop {
             ex.upstream_key = Some(key);
             ex.backend = b;
             ex.counters = self.backend_started(u, b);
-            return Ok(());
+            return Ok(Attached::Yes);
         }
     }
 
@@ -666,6 +725,7 @@ impl EventLoop {
             if up.ready & READABLE == 0 && self.pool.put(u, b, uk, limit) {
                 let d = self.routing.upstream_cfg[u].keepalive_timeout;
                 self.set_deadline(uk, d);
+                self.hand_out_slots(u);
                 return;
             }
         }
@@ -710,8 +770,8 @@ impl EventLoop {
             if let Some(buf) = ex.resp_head.as_mut() {
                 buf.clear();
             }
-            match self.attach_backend(ck, ex) {
-                Ok(()) => {
+            match self.attach_backend(ck, ex, false) {
+                Ok(_) => {
                     LoopStats::add(&self.stats.upstream_retries, 1);
                     return Step::Progress;
                 }
@@ -833,6 +893,10 @@ impl EventLoop {
         };
         let step = match phase {
             Phase::Idle | Phase::Closing => Step::Close,
+            Phase::Queued => {
+                LoopStats::add(&self.stats.queue_timeouts, 1);
+                self.reject(ck, &mut ex, Reject::Unavailable)
+            }
             Phase::Head => {
                 if ex.inbuf.as_ref().is_some_and(|b| !b.is_empty()) {
                     self.reject(ck, &mut ex, Reject::RequestTimeout)

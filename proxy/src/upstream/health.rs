@@ -211,6 +211,8 @@ mod tests {
             max_fails,
             fail_timeout,
             retries: 2,
+            max_conns: 0,
+            queue_timeout: Duration::from_secs(5),
         };
         UpstreamState::from_config(&cfg)
     }

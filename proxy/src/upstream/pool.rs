@@ -16,6 +16,14 @@ impl KeepAlivePool {
         }
     }
 
+    /// Idle connections to `backend` of `upstream`.
+    pub fn idle(&self, upstream: usize, backend: usize) -> usize {
+        self.idle
+            .get(upstream)
+            .and_then(|u| u.get(backend))
+            .map_or(0, |s| s.len())
+    }
+
     pub fn take(&mut self, upstream: usize, backend: usize) -> Option<usize> {
         self.idle.get_mut(upstream)?.get_mut(backend)?.pop()
     }

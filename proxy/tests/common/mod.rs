@@ -273,6 +273,9 @@ pub struct Cfg {
     pub max_fails: u32,
     pub fail_timeout: &'static str,
     pub retries: u32,
+    /// `upstreams.default.max_conns` (0: no limit) and `queue_timeout`.
+    pub max_conns: u32,
+    pub queue_timeout: &'static str,
     /// Extra YAML under `upstreams:` (indented two spaces).
     pub extra_upstreams: String,
     /// Extra YAML under `routing:` (indented two spaces).
@@ -292,6 +295,8 @@ impl Cfg {
             max_fails: 100,
             fail_timeout: "10s",
             retries: 2,
+            max_conns: 0,
+            queue_timeout: "2s",
             extra_upstreams: String::new(),
             extra_routes: String::new(),
         }
@@ -323,7 +328,8 @@ impl Cfg {
              admin:\n  listen: \"127.0.0.1:0\"\n\
              upstreams:\n  default:\n    backends: [ {backends} ]\n    keepalive: {ka}\n    \
              keepalive_timeout: 30s\n    connect_timeout: 2s\n    read_timeout: {rt}\n    \
-             max_fails: {mf}\n    fail_timeout: {ft}\n    retries: {retries}\n{eu}\
+             max_fails: {mf}\n    fail_timeout: {ft}\n    retries: {retries}\n    \
+             max_conns: {mc}\n    queue_timeout: {qt}\n{eu}\
              routing:\n  default: {{ upstream: default, load_balancer: {lb} }}\n{er}",
             max_conn = self.max_conn,
             ht = self.header_timeout,
@@ -334,6 +340,8 @@ impl Cfg {
             mf = self.max_fails,
             ft = self.fail_timeout,
             retries = self.retries,
+            mc = self.max_conns,
+            qt = self.queue_timeout,
             eu = self.extra_upstreams,
             lb = self.balancer,
             er = self.extra_routes,
@@ -1114,6 +1122,11 @@ impl Client {
         Client {
             r: BufReader::with_capacity(64 * 1024, s),
         }
+    }
+
+    /// Closes with a reset (SO_LINGER 0) instead of a FIN.
+    pub fn reset(self) {
+        reset(self.stream());
     }
 
     pub fn stream(&self) -> &TcpStream {
