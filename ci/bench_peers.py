@@ -30,7 +30,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEERS = os.path.join(ROOT, "ci", "peers")
 TICK = os.sysconf("SC_CLK_TCK")
 BACKEND_PORT = 18000
-PORTS = {"speedmimi": 18001, "nginx": 18002, "haproxy": 18003, "speedmimi-b": 18004}
+PORTS = {"speedmimi": 18001, "nginx": 18002, "haproxy": 18003, "speedmimi-b": 18004,
+         "forwarder": 18005}
 
 
 def ensure_tools():
@@ -82,14 +83,16 @@ def tree_pids(pid):
 
 
 def cpu_seconds(pid):
-    total = 0
+    """(user, system) CPU seconds of pid and its descendants."""
+    user = system = 0
     for p in tree_pids(pid):
         try:
             fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / TICK
+        user += int(fields[11])
+        system += int(fields[12])
+    return user / TICK, system / TICK
 
 
 def rss_bytes(pid):
@@ -165,6 +168,9 @@ def main():
     ap.add_argument("--speedmimi", default=os.path.join(ROOT, "target", "release", "speedmimi"))
     ap.add_argument("--speedmimi-b", help="a second speedmimi binary: add 'speedmimi-b' to "
                     "--proxies for an interleaved A/B comparison of two builds")
+    ap.add_argument("--forwarder", default=os.path.join(ROOT, "target", "release", "examples", "tcp_forwarder"),
+                    help="the zero-parsing TCP forwarder: add 'forwarder' to --proxies to measure the floor "
+                    "(cargo build --release --example tcp_forwarder)")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args()
     ensure_tools()
@@ -194,6 +200,9 @@ def main():
                 conf = render("speedmimi.yaml", work, f"{name}.yaml", port)
                 binary = args.speedmimi_b if name == "speedmimi-b" else args.speedmimi
                 cmd = [binary, "--config", conf]
+            elif name == "forwarder":
+                # The zero-parsing TCP forwarder (proxy/examples): the floor.
+                cmd = [args.forwarder, f"127.0.0.1:{port}", f"127.0.0.1:{BACKEND_PORT}"]
             elif name == "nginx":
                 conf = render("nginx-proxy.conf", work, "nginx-proxy.conf", port)
                 cmd = ["nginx", "-c", conf, "-p", work, "-g", "daemon off;"]
@@ -220,35 +229,45 @@ def main():
             for r in range(args.rounds):
                 for name in names:
                     pid = procs[name].pid
-                    cpu0 = cpu_seconds(pid)
+                    user0, sys0 = cpu_seconds(pid)
                     reqs, rps, p99, errors = run_wrk(PORTS[name], conns, args.duration)
-                    cpu = cpu_seconds(pid) - cpu0
-                    row = results.setdefault(f"{name}@{conns}", {"rps": [], "p99_us": [], "cpu_ms_per_1k": [], "errors": 0})
+                    user1, sys1 = cpu_seconds(pid)
+                    per_1k = 1000 / (reqs / 1000)
+                    user, system = (user1 - user0) * per_1k, (sys1 - sys0) * per_1k
+                    row = results.setdefault(f"{name}@{conns}", {"rps": [], "p99_us": [], "cpu_ms_per_1k": [],
+                                                                 "user_ms_per_1k": [], "sys_ms_per_1k": [],
+                                                                 "errors": 0})
                     row["rps"].append(rps)
                     row["p99_us"].append(p99)
-                    row["cpu_ms_per_1k"].append(cpu * 1000 / (reqs / 1000))
+                    row["cpu_ms_per_1k"].append(user + system)
+                    row["user_ms_per_1k"].append(user)
+                    row["sys_ms_per_1k"].append(system)
                     row["errors"] += errors
                     print(f"round {r + 1} {name:9} c={conns:<5} {rps:>10.0f} req/s  p99 {p99 / 1000:7.2f} ms  "
-                          f"cpu {cpu * 1000 / (reqs / 1000):6.1f} ms/1k req  errors {errors}", flush=True)
+                          f"cpu {user + system:6.1f} ms/1k req (user {user:4.1f} sys {system:5.1f})  "
+                          f"errors {errors}", flush=True)
     finally:
         stop_all()
         shutil.rmtree(work, ignore_errors=True)
 
     print()
     print(f"machine: {platform.node()}, {os.cpu_count()} cores, {cpu_model()}, Linux {platform.release()}")
-    print(f"{'proxy':10} {'conns':>6} {'req/s (median)':>15} {'p99 ms':>8} {'CPU ms/1k req':>14} {'errors':>7} {'idle B/conn':>12}")
+    print(f"{'proxy':10} {'conns':>6} {'req/s (median)':>15} {'p99 ms':>8} {'CPU ms/1k req':>14} "
+          f"{'user':>6} {'sys':>6} {'errors':>7} {'idle B/conn':>12}")
     summary = {}
     for key, row in results.items():
         name, conns = key.split("@")
-        med = {k: statistics.median(row[k]) for k in ("rps", "p99_us", "cpu_ms_per_1k")}
+        med = {k: statistics.median(row[k]) for k in ("rps", "p99_us", "cpu_ms_per_1k",
+                                                       "user_ms_per_1k", "sys_ms_per_1k")}
         med["errors"] = row["errors"]
         summary[key] = med
         print(f"{name:10} {conns:>6} {med['rps']:>15.0f} {med['p99_us'] / 1000:>8.2f} "
-              f"{med['cpu_ms_per_1k']:>14.1f} {row['errors']:>7} {idle.get(name, float('nan')):>12.0f}")
+              f"{med['cpu_ms_per_1k']:>14.1f} {med['user_ms_per_1k']:>6.1f} {med['sys_ms_per_1k']:>6.1f} "
+              f"{row['errors']:>7} {idle.get(name, float('nan')):>12.0f}")
     print()
     for conns in args.conns.split(","):
         me = summary.get(f"speedmimi@{conns}")
-        for peer in ("nginx", "haproxy", "speedmimi-b"):
+        for peer in ("nginx", "haproxy", "speedmimi-b", "forwarder"):
             other = summary.get(f"{peer}@{conns}")
             if me and other:
                 print(f"speedmimi/{peer:8} c={conns:<5} req/s x{me['rps'] / other['rps']:.2f}   "
