@@ -62,6 +62,42 @@ const MAX_TRIED: usize = 4;
 /// Backends at `max_conns` passed over for one request before it queues.
 const MAX_FULL_SKIPPED: usize = 16;
 
+/// A response body this small is copied behind its head, so the two go out
+/// as one slice.
+const JOIN_BODY_MAX: usize = 1024;
+
+/// Writes `head` then `body`. One non-empty slice goes out with send(2);
+/// writev(2) costs the kernel an iovec import and the VFS write path on top,
+/// which is measurable on a path of four system calls per request.
+fn send_two(stream: &mut mio::net::TcpStream, head: &[u8], body: &[u8]) -> io::Result<usize> {
+    match (head.is_empty(), body.is_empty()) {
+        (_, true) => stream.write(head),
+        (true, false) => stream.write(body),
+        (false, false) => stream.write_vectored(&[IoSlice::new(head), IoSlice::new(body)]),
+    }
+}
+
+/// Moves a small pending response body behind the unsent response head
+/// (both then leave in one send); the body counts as handed over, and the
+/// exchange finishes only once the head buffer is empty.
+fn join_small_body(ex: &mut Exchange) {
+    let (Some(head), Some(scan), Some(buf)) = (
+        ex.resp_head.as_mut(),
+        ex.resp_body.as_mut(),
+        ex.resp_buf.as_mut(),
+    ) else {
+        return;
+    };
+    let n = scan.pending();
+    if n == 0 || n > JOIN_BODY_MAX || head.is_empty() || head.capacity() - head.len() < n {
+        return;
+    }
+    if head.push(&buf.data()[..n]) == n {
+        buf.consume(n);
+        scan.sent(n);
+    }
+}
+
 /// Whether `attach_backend` found a connection.
 enum Attached {
     Yes,
@@ -466,10 +502,7 @@ impl EventLoop {
             let body = ex.inbuf.as_ref().map_or(&[][..], |b| &b.data()[..body_len]);
             let total = head.len() + body.len();
             if total > 0 {
-                match up
-                    .stream
-                    .write_vectored(&[IoSlice::new(head), IoSlice::new(body)])
-                {
+                match send_two(&mut up.stream, head, body) {
                     Ok(n) => {
                         let from_head = n.min(head.len());
                         ex.req_head_sent += from_head;
@@ -612,6 +645,7 @@ impl EventLoop {
         if c.ready & WRITABLE == 0 {
             return Step::Blocked;
         }
+        join_small_body(ex);
         let head = ex.resp_head.as_ref().map_or(&[][..], |b| b.data());
         let body_len = ex.resp_body.as_ref().map_or(0, |b| b.pending());
         let body = ex
@@ -622,10 +656,7 @@ impl EventLoop {
         if total == 0 {
             return Step::Blocked;
         }
-        match c
-            .stream
-            .write_vectored(&[IoSlice::new(head), IoSlice::new(body)])
-        {
+        match send_two(&mut c.stream, head, body) {
             Ok(n) => {
                 let from_head = n.min(head.len());
                 let from_body = n - from_head;
