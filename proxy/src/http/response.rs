@@ -140,6 +140,8 @@ pub fn parse_and_rewrite(
         w.put(b" ");
         w.put(reason.as_bytes());
         w.put(b"\r\n");
+        let lines = HeaderLines::of(buf, head_len, resp.headers);
+        let mut run_start = None;
         for h in resp.headers.iter() {
             // Transfer-Encoding is hop-by-hop, but the body goes on coded as
             // it came (unless chunked is stripped for HTTP/1.0): say so.
@@ -147,12 +149,27 @@ pub fn parse_and_rewrite(
             let drop = (is_hop_by_hop(h.name) && !keep_te)
                 || conn.names(h.name)
                 || (te_chunked.is_some() && name_is(h.name, "content-length"));
-            if !drop {
-                w.put(h.name.as_bytes());
-                w.put(b": ");
-                w.put(h.value);
-                w.put(b"\r\n");
+            match &lines {
+                // Kept lines go out verbatim, a run of them in one copy.
+                Some(lines) if drop => {
+                    if let Some(start) = run_start.take() {
+                        w.put(&buf[start..lines.start_of(h)]);
+                    }
+                }
+                Some(lines) => {
+                    run_start.get_or_insert(lines.start_of(h));
+                }
+                None if drop => {}
+                None => {
+                    w.put(h.name.as_bytes());
+                    w.put(b": ");
+                    w.put(h.value);
+                    w.put(b"\r\n");
+                }
             }
+        }
+        if let (Some(lines), Some(start)) = (&lines, run_start) {
+            w.put(&buf[start..lines.end_of_last]);
         }
         w.put(b"Via: 1.1 speedmimi\r\n");
         if switching {
@@ -186,6 +203,39 @@ pub fn parse_and_rewrite(
     }))
 }
 
+/// Header lines of a response head, to be copied as they came. Only when
+/// every line ends in CRLF (`of` is `None` when one ends in a bare LF, which
+/// must be rewritten).
+struct HeaderLines {
+    base: usize,
+    /// End of the last header line, CRLF included.
+    end_of_last: usize,
+}
+
+impl HeaderLines {
+    fn of(buf: &[u8], head_len: usize, headers: &[httparse::Header]) -> Option<HeaderLines> {
+        if headers.is_empty() || !buf[..head_len].ends_with(b"\r\n\r\n") {
+            return None;
+        }
+        let lines = HeaderLines {
+            base: buf.as_ptr() as usize,
+            end_of_last: head_len - 2,
+        };
+        let ends = headers[1..]
+            .iter()
+            .map(|h| lines.start_of(h))
+            .chain([lines.end_of_last]);
+        ends.into_iter()
+            .all(|end| end >= 2 && &buf[end - 2..end] == b"\r\n")
+            .then_some(lines)
+    }
+
+    /// httparse hands out slices of the head: a header's name starts its line.
+    fn start_of(&self, h: &httparse::Header) -> usize {
+        h.name.as_ptr() as usize - self.base
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +266,25 @@ mod tests {
         assert_eq!(
             out,
             "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nVia: 1.1 speedmimi\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn header_lines_go_out_as_they_came_unless_one_ends_in_a_bare_lf() {
+        let (r, out) = run(
+            "HTTP/1.1 200 OK\r\nX-A:1\r\nConnection: close\r\nX-B:  2 \r\nContent-Length: 0\r\n\r\n",
+            CLIENT11,
+        );
+        assert!(!r.unwrap().unwrap().upstream_reusable);
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nX-A:1\r\nX-B:  2 \r\nContent-Length: 0\r\nVia: 1.1 speedmimi\r\n\r\n"
+        );
+        let (r, out) = run("HTTP/1.1 200 OK\nX-A:1\nContent-Length: 0\n\n", CLIENT11);
+        r.unwrap().unwrap();
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 0\r\nVia: 1.1 speedmimi\r\n\r\n"
         );
     }
 
