@@ -43,9 +43,11 @@ bench-peers: build
 	$(LOADGEN) bench --scenario scenarios/peers.yaml
 
 # The issue-2 table (ci/bench_peers.py with wrk): req/s, p99, CPU per request
-# and idle RSS per connection of speedmimi, nginx and HAProxy.
+# (user and system) and idle RSS per connection of speedmimi, nginx, HAProxy
+# and the zero-parsing TCP forwarder (proxy/examples), the floor.
 peers-table: build
-	ci/bench_peers.py --json results/peers.json
+	$(CARGO) build --release --example tcp_forwarder
+	ci/bench_peers.py --proxies speedmimi,nginx,haproxy,forwarder --json results/peers.json
 
 # loadgen vs wrk against the same backend.
 bench-loadgen: build

@@ -217,6 +217,8 @@ def main():
         idle = {}
         if args.idle:
             for name in names:
+                if name == "forwarder":
+                    continue  # two descriptors per client: 15,000 would pass the fd limit
                 # HAProxy's maxconn is capped at 9900 by the descriptor limit.
                 count = min(args.idle, 9000) if name == "haproxy" else args.idle
                 idle[name] = idle_rss_per_conn(procs[name].pid, PORTS[name], count)
