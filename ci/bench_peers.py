@@ -272,8 +272,14 @@ def main():
         for peer in ("nginx", "haproxy", "speedmimi-b", "forwarder"):
             other = summary.get(f"{peer}@{conns}")
             if me and other:
+                # Also the median of each round's own ratio: A and B of one
+                # round ran back to back, so slow drift of the machine cancels.
+                mine, theirs = results[f"speedmimi@{conns}"], results[f"{peer}@{conns}"]
+                paired = {k: statistics.median(a / b for a, b in zip(mine[k], theirs[k]))
+                          for k in ("rps", "cpu_ms_per_1k")}
                 print(f"speedmimi/{peer:8} c={conns:<5} req/s x{me['rps'] / other['rps']:.2f}   "
-                      f"CPU per request x{me['cpu_ms_per_1k'] / other['cpu_ms_per_1k']:.2f}")
+                      f"CPU per request x{me['cpu_ms_per_1k'] / other['cpu_ms_per_1k']:.2f}   "
+                      f"(per-round ratios, median: x{paired['rps']:.2f} / x{paired['cpu_ms_per_1k']:.2f})")
     if args.json:
         json.dump({"schema": "speedmimi.peers/v1", "machine": platform.node(), "cpu": cpu_model(),
                    "cores": os.cpu_count(), "rounds": args.rounds, "duration_s": args.duration,
