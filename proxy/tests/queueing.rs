@@ -249,3 +249,36 @@ fn max_conns_is_refused_with_the_field_named_when_out_of_range() {
     );
     assert_still_serves(&mut p);
 }
+
+#[test]
+fn past_sixteen_full_backends_any_backend_with_room_is_used() {
+    // ip_hash sends one client's requests to one backend; with max_conns 1
+    // each held request fills it, so later ones pass over more and more full
+    // backends (more than the 16 looked at one by one).
+    const N: usize = 18;
+    let backends: Vec<Backend> = (0..N).map(|i| Backend::start(&format!("b{i}"))).collect();
+    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+    let mut cfg = Cfg::new(&addrs).balancer("ip_hash");
+    cfg.max_conns = 1;
+    let p = cfg.start();
+    let mut holders = Vec::new();
+    for i in 0..N {
+        let mut c = p.client();
+        c.send(b"GET /hold HTTP/1.1\r\nHost: t\r\n\r\n");
+        wait_until("the request is held", || {
+            backends.iter().map(Backend::active).sum::<usize>() == i + 1
+        });
+        holders.push(c);
+    }
+    assert!(
+        backends.iter().all(|b| b.active() == 1),
+        "one held request per backend"
+    );
+    assert_eq!(upstream_counter(&p, "queued"), 0);
+    for b in &backends {
+        b.release();
+    }
+    for c in holders.iter_mut() {
+        assert_eq!(c.read_response().status, 200);
+    }
+}

@@ -403,14 +403,16 @@ impl EventLoop {
                 exclude,
                 now: self.now,
             };
-            let picked = self.routing.balancers[ex.route].pick(&self.routing.upstreams[u], &ctx);
+            let mut picked =
+                self.routing.balancers[ex.route].pick(&self.routing.upstreams[u], &ctx);
             if let Some(b) = picked.filter(|&b| within_limit && self.backend_full(u, b)) {
-                if full == MAX_FULL_SKIPPED {
-                    return Ok(Attached::MustQueue);
+                if full < MAX_FULL_SKIPPED {
+                    skip[MAX_TRIED + full] = b;
+                    full += 1;
+                    continue;
                 }
-                skip[MAX_TRIED + full] = b;
-                full += 1;
-                continue;
+                // Too many full ones to pass over one by one: any with room.
+                picked = self.backend_with_room(u, &ex.tried[..ex.tries]);
             }
             let Some(b) = picked else {
                 if full > 0 {

@@ -21,6 +21,14 @@ impl EventLoop {
         cap > 0 && self.pool.idle(u, b) == 0 && self.slots.open(u, b) >= cap
     }
 
+    /// The first backend of `u` that is up, not in `tried` and not full.
+    pub(super) fn backend_with_room(&self, u: usize, tried: &[usize]) -> Option<usize> {
+        let state = &self.routing.upstreams[u];
+        (0..state.backends.len()).find(|&b| {
+            state.is_available(b, self.now) && !tried.contains(&b) && !self.backend_full(u, b)
+        })
+    }
+
     /// Requests `u` can start now (idle connections plus room to connect)
     /// on backends that are up; `usize::MAX` without a limit.
     fn free_slots(&self, u: usize) -> usize {
@@ -89,6 +97,14 @@ impl EventLoop {
             self.handoff = Some(waiter.key);
             self.drive(waiter.key);
             self.handoff = None;
+            let queued_again = matches!(self.slab.get(waiter.key),
+                Some(Entry::Client(c)) if c.gen == waiter.gen && c.phase == Phase::Queued);
+            if !queued_again {
+                // If it left instead of taking the slot, the slot goes on.
+                // (One that queued again found no usable slot: handing out
+                // again now could only spin.)
+                self.hand_out_slots(u);
+            }
         }
     }
 
