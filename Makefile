@@ -37,17 +37,20 @@ report:
 	@test -n "$(DIR)" || { echo "usage: make report DIR=results/NAME-TIME"; exit 2; }
 	$(LOADGEN) report $(DIR)
 
-# SpeedMimi vs nginx vs HAProxy under the same load, interleaved, on the same
-# charts (scenarios/peers.yaml, about 4 minutes). Ends with report.html's path.
-bench-peers: build
+# SpeedMimi vs nginx vs HAProxy, interleaved: first the wrk table of
+# peers-table (req/s, p99, CPU per request, idle RSS; ~6 minutes), then the
+# same three under loadgen on the same charts (scenarios/peers.yaml, ~4
+# minutes). Ends with report.html's path.
+bench-peers: peers-table
 	$(LOADGEN) bench --scenario scenarios/peers.yaml
 
 # The issue-2 table (ci/bench_peers.py with wrk): req/s, p99, CPU per request
 # (user and system) and idle RSS per connection of speedmimi, nginx, HAProxy
-# and the zero-parsing TCP forwarder (proxy/examples), the floor.
+# and the zero-parsing TCP forwarder (proxy/examples), the floor. ROUNDS=7
+# for the README's table (default 3).
 peers-table: build
 	$(CARGO) build --release --example tcp_forwarder
-	ci/bench_peers.py --proxies speedmimi,nginx,haproxy,forwarder --json results/peers.json
+	ci/bench_peers.py --rounds $(or $(ROUNDS),3) --proxies speedmimi,nginx,haproxy,forwarder --json results/peers.json
 
 # loadgen vs wrk against the same backend.
 bench-loadgen: build

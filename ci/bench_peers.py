@@ -281,6 +281,7 @@ def main():
                       f"CPU per request x{me['cpu_ms_per_1k'] / other['cpu_ms_per_1k']:.2f}   "
                       f"(per-round ratios, median: x{paired['rps']:.2f} / x{paired['cpu_ms_per_1k']:.2f})")
     if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         json.dump({"schema": "speedmimi.peers/v1", "machine": platform.node(), "cpu": cpu_model(),
                    "cores": os.cpu_count(), "rounds": args.rounds, "duration_s": args.duration,
                    "results": summary, "raw": results, "idle_rss_bytes_per_conn": idle},
