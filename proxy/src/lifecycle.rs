@@ -79,7 +79,7 @@ pub fn run(
     });
     for signal in signals.forever() {
         match signal {
-            SIGHUP => reload(path, &*server),
+            SIGHUP => reload(path, &*server, &admin),
             SIGTERM => {
                 tracing::info!("SIGTERM: draining for at most {graceful:?}");
                 server.drain(graceful);
@@ -91,14 +91,25 @@ pub fn run(
     Ok(())
 }
 
-/// SIGHUP: re-reads the file and applies it everywhere, or keeps the old
-/// configuration and says why.
-fn reload(path: &Path, plane: &dyn ControlPlane) {
+/// SIGHUP: re-reads the file and applies it everywhere (the admin API's
+/// token included), or keeps the old configuration and says why.
+fn reload(path: &Path, plane: &dyn ControlPlane, admin: &AdminGuard) {
     match Config::load(path) {
-        Ok((raw, config)) => match plane.apply(raw, config) {
-            Ok(()) => tracing::info!("reloaded {}", path.display()),
-            Err(e) => tracing::error!("reload refused, old configuration kept: {e:?}"),
-        },
+        Ok((raw, config)) => {
+            let token = config.admin.token.clone();
+            match plane.apply(raw, config) {
+                Ok(()) => {
+                    let handle = admin
+                        .as_ref()
+                        .and_then(|(_, h)| h.downcast_ref::<crate::admin::AdminHandle>());
+                    if let Some(Err(e)) = handle.map(|h| h.set_token(token)) {
+                        tracing::error!("admin.token not changed: {e}");
+                    }
+                    tracing::info!("reloaded {}", path.display());
+                }
+                Err(e) => tracing::error!("reload refused, old configuration kept: {e:?}"),
+            }
+        }
         Err(e) => tracing::error!("reload refused, old configuration kept: {e}"),
     }
 }
@@ -400,7 +411,7 @@ fn run_master(
     loop {
         for signal in signals.pending() {
             match signal {
-                SIGHUP => reload(path, &*master),
+                SIGHUP => reload(path, &*master, &admin),
                 SIGTERM => {
                     tracing::info!("SIGTERM: workers drain for at most {graceful:?}");
                     master.signal_workers(libc::SIGTERM);

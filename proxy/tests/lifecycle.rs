@@ -120,3 +120,44 @@ fn a_killed_worker_is_replaced_and_the_port_stays_open() {
     });
     p.assert_alive();
 }
+
+/// Status of `GET /api/v1/health` on the admin API with an optional bearer token.
+fn admin_status(p: &Proxy, token: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(p.admin_addr()).expect("admin connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET /api/v1/health HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {token}\r\n\
+         Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    let _ = s.read_to_string(&mut reply);
+    reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {reply:?}"))
+}
+
+#[test]
+fn sighup_changes_the_admin_token_of_the_running_admin_api() {
+    let b = Backend::start("a");
+    let with_token = |t: &str| {
+        Cfg::new(&[b.addr]).yaml().replace(
+            "admin:\n  listen: \"127.0.0.1:0\"\n",
+            &format!("admin:\n  listen: \"127.0.0.1:0\"\n  token: {t}\n"),
+        )
+    };
+    let mut p = Proxy::start(&with_token("first-secret"));
+    assert_eq!(admin_status(&p, "first-secret"), 200);
+    assert_eq!(admin_status(&p, "second-secret"), 401);
+    p.rewrite_config(&with_token("second-secret"));
+    p.signal("HUP");
+    wait_until("the new token is accepted", || {
+        admin_status(&p, "second-secret") == 200
+    });
+    assert_eq!(admin_status(&p, "first-secret"), 401);
+    p.assert_alive();
+}
