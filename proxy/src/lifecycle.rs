@@ -254,7 +254,7 @@ impl Master {
                     tracing::warn!("worker {index} (pid {}) died: restarting it", c.id());
                 }
                 // Its connections died with it; its totals stay in the sums.
-                self.board.forget_open_connections(index);
+                self.board.forget_process(index);
                 *child = self.spawn_worker(index).ok();
             }
         }

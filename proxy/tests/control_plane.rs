@@ -527,6 +527,36 @@ fn open_connections_of_a_killed_worker_leave_the_connection_gauge() {
 }
 
 #[test]
+fn requests_in_flight_in_a_killed_worker_leave_the_backend_active_gauge() {
+    let b = Backend::start("a");
+    let p = Proxy::start(&two_process_yaml(&Cfg::new(&[b.addr])));
+    let admin = p.admin();
+    wait_until("two worker processes", || children_of(p.pid()).len() == 2);
+    let active =
+        || admin.get_json("/api/v1/backends?upstream=default")["backends"][0]["active"].clone();
+    // Held requests spread over both workers.
+    let mut held: Vec<Client> = (0..8).map(|_| p.client()).collect();
+    for c in &mut held {
+        c.send(b"GET /hold HTTP/1.1\r\nHost: t\r\n\r\n");
+    }
+    wait_until("8 requests in flight", || active() == 8);
+    let workers = children_of(p.pid());
+    for w in &workers {
+        signal(*w, "KILL");
+    }
+    wait_until("replacement workers", || {
+        let kids = children_of(p.pid());
+        kids.len() == 2 && kids.iter().all(|k| !workers.contains(k))
+    });
+    wait_until("the gauge forgets the killed workers' requests", || {
+        active() == 0
+    });
+    b.release();
+    assert_eq!(p.client().get("/").status, 200);
+    assert_eq!(active(), 0);
+}
+
+#[test]
 fn sigterm_after_a_worker_was_killed_exits_once_idle() {
     let b = Backend::start("a");
     let yaml = two_process_yaml(&Cfg::new(&[b.addr])).replace(

@@ -60,9 +60,10 @@ impl LatencyCounters {
 
 /// Counters of one backend of one upstream, summed over loops and processes.
 #[repr(C)]
-#[derive(Default)]
 pub struct BackendCounters {
-    pub active: AtomicI64,
+    /// Requests in flight, by worker process: a process that dies takes
+    /// its requests with it, and its column is zeroed (`forget_process`).
+    active: [AtomicI64; MAX_PROCESSES],
     pub requests: AtomicU64,
     pub failures: AtomicU64,
     /// By status class, 1xx at index 0.
@@ -76,6 +77,19 @@ pub struct BackendCounters {
 }
 
 impl BackendCounters {
+    pub fn request_started(&self, process: usize) {
+        self.active[process.min(MAX_PROCESSES - 1)].fetch_add(1, Relaxed);
+    }
+
+    pub fn request_finished(&self, process: usize) {
+        self.active[process.min(MAX_PROCESSES - 1)].fetch_sub(1, Relaxed);
+    }
+
+    /// Requests in flight in every process.
+    pub fn active(&self) -> i64 {
+        self.active.iter().map(|a| a.load(Relaxed)).sum()
+    }
+
     pub fn response_status(&self, status: u16) {
         let class = (status / 100).clamp(1, 5) as usize - 1;
         self.responses[class].fetch_add(1, Relaxed);
@@ -83,7 +97,6 @@ impl BackendCounters {
 }
 
 #[repr(C)]
-#[derive(Default)]
 pub struct BackendSlot {
     /// 0 free, 1 being claimed, 2 ready.
     state: AtomicU32,
@@ -170,13 +183,17 @@ impl Board {
         &self.loops[process.min(MAX_PROCESSES - 1) * MAX_LOOPS + event_loop.min(MAX_LOOPS - 1)]
     }
 
-    /// A worker process died: its connections are gone, so its gauges drop
-    /// to zero (its counters keep their totals).
-    pub fn forget_open_connections(&self, process: usize) {
+    /// A worker process died: its connections and requests are gone, so
+    /// its gauges drop to zero (its counters keep their totals).
+    pub fn forget_process(&self, process: usize) {
         for l in 0..MAX_LOOPS {
             self.loop_stats(process, l)
                 .connections_current
                 .store(0, Relaxed);
+        }
+        let column = process.min(MAX_PROCESSES - 1);
+        for slot in &self.backends {
+            slot.counters.active[column].store(0, Relaxed);
         }
     }
 

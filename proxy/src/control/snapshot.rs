@@ -139,7 +139,7 @@ pub fn backends(board: &Board, config: &Config, upstream: &str) -> Option<Vec<Ba
     let snap =
         |addr: String, weight: u32, counters: &super::board::BackendCounters, listed: bool| {
             let down = counters.down_until_ms.load(Relaxed) > now_ms;
-            let active = counters.active.load(Relaxed);
+            let active = counters.active();
             BackendSnapshot {
                 health: match (listed, down) {
                     (false, _) => "draining",
@@ -168,7 +168,7 @@ pub fn backends(board: &Board, config: &Config, upstream: &str) -> Option<Vec<Ba
         .collect();
     for (addr, counters) in board.backends_of(upstream) {
         let listed = up.backends.iter().any(|b| b.addr.to_string() == addr);
-        if !listed && counters.active.load(Relaxed) > 0 {
+        if !listed && counters.active() > 0 {
             out.push(snap(addr, 0, counters, false));
         }
     }

@@ -34,7 +34,7 @@ impl EventLoop {
         }
         self.routing.upstreams[u].request_started(b);
         let c = self.routing.counters[u][b];
-        c.active.fetch_add(1, Relaxed);
+        c.request_started(self.process);
         c.requests.fetch_add(1, Relaxed);
         Some(c)
     }
@@ -49,7 +49,7 @@ impl EventLoop {
             self.routing.upstreams[u].request_finished(b);
         }
         if let Some(c) = counters {
-            c.active.fetch_sub(1, Relaxed);
+            c.request_finished(self.process);
         }
     }
 

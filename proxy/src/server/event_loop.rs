@@ -149,6 +149,8 @@ pub struct EventLoop {
     pub(super) routing: Routing,
     pub(super) stats: &'static LoopStats,
     board: &'static Board,
+    /// Worker process index: its column of the shared per-backend gauges.
+    pub(super) process: usize,
     commands: std::sync::mpsc::Receiver<LoopCommand>,
     waker: Arc<mio::Waker>,
     /// Draining for shutdown: no accepting, connections close when idle.
@@ -171,16 +173,25 @@ pub struct EventLoop {
     pub(super) handoff: Option<usize>,
 }
 
+/// Which worker process and which of its event loops a loop is: picks its
+/// counters on the board.
+#[derive(Debug, Clone, Copy)]
+pub struct LoopPlace {
+    pub process: usize,
+    pub event_loop: usize,
+}
+
 impl EventLoop {
     pub fn new(
         config: Arc<Config>,
         listener: TcpListener,
         board: &'static Board,
-        stats: &'static LoopStats,
+        place: LoopPlace,
         open_connections: Arc<AtomicUsize>,
         commands: std::sync::mpsc::Receiver<LoopCommand>,
         log: Option<crate::access_log::LoopLog>,
     ) -> io::Result<EventLoop> {
+        let stats = board.loop_stats(place.process, place.event_loop);
         let poll = Poll::new()?;
         let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
         let mut listener = listener;
@@ -211,6 +222,7 @@ impl EventLoop {
             routing,
             stats,
             board,
+            process: place.process,
             commands,
             waker,
             drain_deadline: None,

@@ -26,7 +26,7 @@ use crate::control::snapshot::{self, RateMeter};
 use crate::control::{ApplyError, BackendSnapshot, ControlPlane, ServerSnapshot};
 
 pub(crate) use backends::unix_ms;
-pub use event_loop::{EventLoop, LoopCommand};
+pub use event_loop::{EventLoop, LoopCommand, LoopPlace};
 
 /// How long a configuration change may take to reach every loop.
 const APPLY_WAIT: Duration = Duration::from_secs(5);
@@ -79,7 +79,10 @@ impl Server {
                 config.clone(),
                 listener,
                 board,
-                board.loop_stats(process, i),
+                LoopPlace {
+                    process,
+                    event_loop: i,
+                },
                 open_connections.clone(),
                 rx,
                 access_log.as_ref().map(AccessLog::for_loop),
