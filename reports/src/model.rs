@@ -15,6 +15,9 @@ pub const SCHEMA: &str = "speedmimi.bench/v1";
 /// File names inside a run directory.
 pub const RESULTS_FILE: &str = "results.json";
 pub const INTERVALS_FILE: &str = "intervals.csv";
+/// Per-step kernel figures `loadgen bench` writes beside results.json; runs made before
+/// results.json carried slab growth and the RSS baseline have them only there.
+pub const KERNEL_FILE: &str = "kernel.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -39,6 +42,11 @@ pub enum ModelError {
     Schema { path: PathBuf, found: String },
     #[error("{path}: bad intervals CSV: {source}")]
     Csv { path: PathBuf, source: csv::Error },
+    #[error("{path} is not a valid kernel.json (an array of per-step rows): {source} (fix or delete it; the report then says slab not measured)")]
+    Kernel {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
 }
 
 /// One bench run: the machine, the scenario, the targets it measured and every step.
@@ -184,13 +192,17 @@ pub struct ProcessUsage {
     pub cpu_us_per_request: f64,
     /// Highest RSS sampled during the step, bytes.
     pub rss_peak_bytes: u64,
+    /// RSS when the step started (the idle baseline), bytes; absent in older results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_start_bytes: Option<u64>,
     /// RSS at the end of the step, bytes.
     pub rss_end_bytes: u64,
 }
 
-/// Kernel TCP socket memory: /proc/net/sockstat `TCP: ... mem N` (pages) times the page size.
-/// Whole host (or network namespace): on one box it also counts the load generator's
-/// and the backends' sockets.
+/// Kernel memory: TCP socket buffers from /proc/net/sockstat `TCP: ... mem N` (pages)
+/// times the page size, and the growth of unreclaimable slab (/proc/meminfo SUnreclaim),
+/// where the socket structures themselves live. Whole host (or network namespace): on
+/// one box it also counts the load generator's and the backends' sockets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct KernelMemory {
     /// Before the step started, bytes.
@@ -198,6 +210,46 @@ pub struct KernelMemory {
     pub sock_mem_bytes_start: u64,
     pub sock_mem_bytes_peak: u64,
     pub sock_mem_bytes_end: u64,
+    /// SUnreclaim at its highest during the step minus at its start, bytes. sockstat's
+    /// `mem` counts only buffer pages (≈ 0 for an idle socket); the ≈ 3 KB a socket
+    /// costs in `TCP`, `sock_inode_cache`, dentries and epoll items is here. Absent
+    /// when not measured (older results).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slab_unreclaim_grown_bytes: Option<u64>,
+}
+
+/// What a step's connections cost in memory, by part. Planning multiplies this out
+/// per connection, so fixed costs (the proxy's idle RSS) are left out when known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryCost {
+    /// Proxy RSS grown during the step (peak − start), or the whole peak when the
+    /// start was not recorded (`rss_grown` false).
+    pub proxy_rss_bytes: u64,
+    pub rss_grown: bool,
+    /// Kernel TCP socket buffers grown (sockstat peak − start).
+    pub sock_mem_bytes: u64,
+    /// Kernel unreclaimable slab grown; None when not measured.
+    pub slab_bytes: Option<u64>,
+}
+
+impl MemoryCost {
+    pub fn total(&self) -> u64 {
+        self.proxy_rss_bytes + self.sock_mem_bytes + self.slab_bytes.unwrap_or(0)
+    }
+
+    /// Which parts `total` counts, for labels: "proxy RSS grown + kernel socket
+    /// buffers + kernel slab grown", or "...; slab not measured".
+    pub fn counted(&self) -> String {
+        let rss = if self.rss_grown {
+            "proxy RSS grown"
+        } else {
+            "proxy RSS peak"
+        };
+        match self.slab_bytes {
+            Some(_) => format!("{rss} + kernel socket buffers + kernel slab grown"),
+            None => format!("{rss} + kernel socket buffers; slab not measured"),
+        }
+    }
 }
 
 impl Step {
@@ -216,12 +268,27 @@ impl Step {
         (cores > 1e-3 && self.rps > 0.0).then(|| self.rps / cores)
     }
 
-    /// Kernel socket memory grown during the step plus the proxy's peak RSS, bytes.
+    /// The step's memory by part: proxy RSS grown (the peak when the start was not
+    /// recorded), kernel socket buffers grown, kernel slab grown (when measured).
+    pub fn memory(&self) -> MemoryCost {
+        let (proxy_rss_bytes, rss_grown) = match self.proxy.rss_start_bytes {
+            Some(start) => (self.proxy.rss_peak_bytes.saturating_sub(start), true),
+            None => (self.proxy.rss_peak_bytes, false),
+        };
+        MemoryCost {
+            proxy_rss_bytes,
+            rss_grown,
+            sock_mem_bytes: self
+                .kernel
+                .sock_mem_bytes_peak
+                .saturating_sub(self.kernel.sock_mem_bytes_start),
+            slab_bytes: self.kernel.slab_unreclaim_grown_bytes,
+        }
+    }
+
+    /// `memory().total()`: what the step's connections cost, bytes.
     pub fn memory_bytes(&self) -> u64 {
-        self.kernel
-            .sock_mem_bytes_peak
-            .saturating_sub(self.kernel.sock_mem_bytes_start)
-            + self.proxy.rss_peak_bytes
+        self.memory().total()
     }
 }
 
@@ -324,9 +391,56 @@ fn csv_error(path: &Path, source: csv::Error) -> ModelError {
     }
 }
 
-/// Reads DIR/results.json and, when present, DIR/intervals.csv.
+/// One row of DIR/kernel.json (only the fields the report uses).
+#[derive(Debug, Deserialize)]
+struct KernelRow {
+    target: String,
+    #[serde(default)]
+    round: u32,
+    step: u32,
+    #[serde(default)]
+    slab_unreclaim_grown_bytes: Option<u64>,
+    #[serde(default)]
+    proxy_rss_start_bytes: Option<u64>,
+}
+
+/// Fills the slab growth and proxy RSS baseline a step lacks from DIR/kernel.json,
+/// written by the same run: results.json carries them only since they were added.
+pub fn fill_from_kernel_json(path: &Path, run: &mut BenchRun) -> Result<(), ModelError> {
+    let text = fs::read_to_string(path).map_err(|source| ModelError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let rows: Vec<KernelRow> =
+        serde_json::from_str(&text).map_err(|source| ModelError::Kernel {
+            path: path.to_owned(),
+            source,
+        })?;
+    for s in &mut run.steps {
+        let Some(r) = rows
+            .iter()
+            .find(|r| r.target == s.target && r.round == s.round && r.step == s.step)
+        else {
+            continue;
+        };
+        if s.kernel.slab_unreclaim_grown_bytes.is_none() {
+            s.kernel.slab_unreclaim_grown_bytes = r.slab_unreclaim_grown_bytes;
+        }
+        if s.proxy.rss_start_bytes.is_none() {
+            s.proxy.rss_start_bytes = r.proxy_rss_start_bytes;
+        }
+    }
+    Ok(())
+}
+
+/// Reads DIR/results.json and, when present, DIR/intervals.csv; fills figures older
+/// results lack from DIR/kernel.json when present.
 pub fn load_dir(dir: &Path) -> Result<RunData, ModelError> {
-    let run = read_results(&dir.join(RESULTS_FILE))?;
+    let mut run = read_results(&dir.join(RESULTS_FILE))?;
+    let kernel_path = dir.join(KERNEL_FILE);
+    if kernel_path.exists() {
+        fill_from_kernel_json(&kernel_path, &mut run)?;
+    }
     let intervals_path = dir.join(INTERVALS_FILE);
     let intervals = if intervals_path.exists() {
         read_intervals(&intervals_path)?

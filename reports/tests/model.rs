@@ -39,6 +39,55 @@ fn results_and_intervals_round_trip() {
 }
 
 #[test]
+fn slab_and_rss_start_round_trip_and_stay_absent_when_unmeasured() {
+    let mut data = reports::load_dir(Path::new(FIXTURE)).unwrap();
+    data.run.steps[0].kernel.slab_unreclaim_grown_bytes = Some(1_234_567);
+    data.run.steps[0].proxy.rss_start_bytes = Some(3_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    reports::save_dir(dir.path(), &data).unwrap();
+    let back = reports::load_dir(dir.path()).unwrap();
+    assert_eq!(back, data);
+    let json = fs::read_to_string(dir.path().join("results.json")).unwrap();
+    // Written for the step that has them, left out (not null) for the others.
+    assert_eq!(json.matches("slab_unreclaim_grown_bytes").count(), 1);
+    assert_eq!(json.matches("rss_start_bytes").count(), 1);
+    assert!(!json.contains("null"));
+}
+
+#[test]
+fn older_results_take_slab_and_rss_start_from_kernel_json() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::copy(
+        Path::new(FIXTURE).join("results.json"),
+        dir.path().join("results.json"),
+    )
+    .unwrap();
+    // As `loadgen bench` writes it (extra fields are ignored).
+    fs::write(
+        dir.path().join(model::KERNEL_FILE),
+        r#"[{"target": "speedmimi", "round": 0, "step": 3, "peak_open": 50000,
+            "slab_unreclaim_grown_bytes": 160000000, "proxy_rss_start_bytes": 20000000,
+            "slab_bytes_per_open_connection": 3200.0}]"#,
+    )
+    .unwrap();
+    let data = reports::load_dir(dir.path()).unwrap();
+    let s = &data.run.steps[3];
+    assert_eq!(s.kernel.slab_unreclaim_grown_bytes, Some(160_000_000));
+    assert_eq!(s.proxy.rss_start_bytes, Some(20_000_000));
+    let mem = s.memory();
+    assert_eq!(mem.proxy_rss_bytes, 1_500_000);
+    assert_eq!(mem.sock_mem_bytes, 292_000_000);
+    assert_eq!(s.memory_bytes(), 1_500_000 + 292_000_000 + 160_000_000);
+    // Steps kernel.json does not name stay unmeasured.
+    assert_eq!(data.run.steps[0].kernel.slab_unreclaim_grown_bytes, None);
+    assert_eq!(data.run.steps[0].memory().slab_bytes, None);
+
+    fs::write(dir.path().join(model::KERNEL_FILE), "{not json").unwrap();
+    let err = reports::load_dir(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("kernel.json"), "{err}");
+}
+
+#[test]
 fn other_schema_is_refused_with_its_name() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("results.json");

@@ -103,6 +103,7 @@ fn usage_between(
             0.0
         },
         rss_peak_bytes: rss_peak,
+        rss_start_bytes: Some(pick(start).rss_bytes),
         rss_end_bytes: pick(end).rss_bytes,
     }
 }
@@ -153,6 +154,13 @@ pub fn run(
     let window = sampler.between(t0, t1);
     let proxy = usage_between(&start, &end, &window, summary.requests, false);
     let backend = usage_between(&start, &end, &window, summary.requests, true);
+    let slab_grown = window
+        .iter()
+        .chain([&end])
+        .map(|s| s.slab)
+        .max()
+        .unwrap_or(0)
+        .saturating_sub(start.slab);
     let kernel = KernelMemory {
         sock_mem_bytes_start: start.sock_mem,
         sock_mem_bytes_peak: window
@@ -162,6 +170,8 @@ pub fn run(
             .max()
             .unwrap_or(0),
         sock_mem_bytes_end: end.sock_mem,
+        // SUnreclaim reads 0 only when /proc/meminfo could not be read: not measured.
+        slab_unreclaim_grown_bytes: (start.slab > 0).then_some(slab_grown),
     };
     let e = &summary.errors.by_kind;
     let lat = &summary.latency_us;
@@ -232,13 +242,6 @@ pub fn run(
             spec.connections, summary.connections.peak_open, summary.requests
         ));
     }
-    let slab_grown = window
-        .iter()
-        .chain([&end])
-        .map(|s| s.slab)
-        .max()
-        .unwrap_or(0)
-        .saturating_sub(start.slab);
     Ok(StepOutcome {
         step,
         slab_grown,
