@@ -67,7 +67,8 @@ pub struct Costs {
     /// Where the figures come from, for tables ("measured: speedmimi", "seed rules, low").
     pub label: String,
     pub rps_per_core: f64,
-    /// Kernel socket memory + proxy RSS per concurrent connection.
+    /// Memory per concurrent connection. Measured: proxy RSS grown + kernel socket
+    /// buffers + kernel slab grown (`model::MemoryCost`), the label says which parts.
     pub bytes_per_connection: f64,
 }
 
@@ -246,7 +247,10 @@ pub fn measured_costs(run: &BenchRun, target: &str) -> Option<Measured> {
         .max_by_key(|s| s.peak_open)?;
     Some(Measured {
         costs: Costs {
-            label: format!("measured: {target}"),
+            label: format!(
+                "measured: {target} (memory: {})",
+                memory_step.memory().counted()
+            ),
             rps_per_core: rps_step.rps_per_busy_core()?,
             bytes_per_connection: memory_step.memory_bytes() as f64 / memory_step.peak_open as f64,
         },

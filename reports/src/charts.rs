@@ -26,15 +26,24 @@ pub struct Point {
     pub proxy_cpu_percent: f64,
     pub backend_cpu_percent: Option<f64>,
     pub rps_per_busy_core: Option<f64>,
+    /// Proxy peak RSS (absolute, idle baseline included).
     pub proxy_rss_bytes: f64,
+    /// The proxy RSS counted per connection: grown during the step when its start was
+    /// recorded (`rss_grown`), else the peak.
+    pub proxy_rss_counted_bytes: f64,
+    pub rss_grown: bool,
     /// Kernel TCP socket memory grown during the step.
     pub sock_mem_bytes: f64,
+    /// Kernel unreclaimable slab grown during the step; None when a step at this
+    /// point did not measure it.
+    pub slab_bytes: Option<f64>,
     pub errors: u64,
 }
 
 impl Point {
+    /// What the connections cost: counted proxy RSS + socket buffers + slab (when measured).
     pub fn memory_bytes(&self) -> f64 {
-        self.proxy_rss_bytes + self.sock_mem_bytes
+        self.proxy_rss_counted_bytes + self.sock_mem_bytes + self.slab_bytes.unwrap_or(0.0)
     }
 
     pub fn memory_per_million_bytes(&self) -> Option<f64> {
@@ -114,11 +123,17 @@ fn points_of(data: &RunData, target: &str, mode: Mode) -> Vec<Point> {
                 backend_cpu_percent: backend,
                 rps_per_busy_core: (!per_core.is_empty()).then(|| median(per_core)),
                 proxy_rss_bytes: med(&steps, |s| s.proxy.rss_peak_bytes as f64),
-                sock_mem_bytes: med(&steps, |s| {
-                    s.kernel
-                        .sock_mem_bytes_peak
-                        .saturating_sub(s.kernel.sock_mem_bytes_start) as f64
-                }),
+                proxy_rss_counted_bytes: med(&steps, |s| s.memory().proxy_rss_bytes as f64),
+                rss_grown: steps.iter().all(|s| s.memory().rss_grown),
+                sock_mem_bytes: med(&steps, |s| s.memory().sock_mem_bytes as f64),
+                slab_bytes: steps
+                    .iter()
+                    .all(|s| s.kernel.slab_unreclaim_grown_bytes.is_some())
+                    .then(|| {
+                        med(&steps, |s| {
+                            s.kernel.slab_unreclaim_grown_bytes.unwrap_or(0) as f64
+                        })
+                    }),
                 errors: steps.iter().map(|s| s.errors.total()).sum(),
             }
         })
@@ -318,28 +333,38 @@ pub fn scaling_figures(
     ));
     figs.push(figure("cpu", "CPU vs connections", p));
 
+    let counted = Counted::of(&targets);
     let mut p = panel("Memory", "bytes (log scale)", true, Fmt::Bytes);
     for (i, (name, pts)) in targets.iter().enumerate() {
-        for (j, (what, m, f)) in [
+        let parts = Counted::of_line(pts);
+        let slab: Vec<(f64, f64)> = pts
+            .iter()
+            .filter_map(|p| Some((p.connections as f64, p.slab_bytes?)))
+            .collect();
+        let lines = [
             (
-                "RSS+sockets",
+                format!("{name} {}", parts.short()),
                 Marker::Circle,
-                (|p: &Point| p.memory_bytes()) as fn(&Point) -> f64,
+                xs(pts, |p| p.memory_bytes()),
             ),
-            ("proxy RSS", Marker::Triangle, |p: &Point| p.proxy_rss_bytes),
-            ("kernel sockets", Marker::Cross, |p: &Point| {
-                p.sock_mem_bytes
-            }),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            p.series.push(measured(
-                format!("{name} {what}"),
-                positive(xs(pts, f)),
-                colour(i, 3, j),
-                m,
-            ));
+            (
+                format!("{name} {}", parts.rss()),
+                Marker::Triangle,
+                xs(pts, |p| p.proxy_rss_counted_bytes),
+            ),
+            (
+                format!("{name} socket buffers"),
+                Marker::Cross,
+                xs(pts, |p| p.sock_mem_bytes),
+            ),
+            (format!("{name} kernel slab grown"), Marker::Triangle, slab),
+        ];
+        for (j, (label, m, v)) in lines.into_iter().enumerate() {
+            // A target without slab figures gets no empty slab entry in the legend.
+            if !v.is_empty() {
+                p.series
+                    .push(measured(label, positive(v), colour(i, 4, j), m));
+            }
         }
     }
     p.series.push(seed(
@@ -347,7 +372,11 @@ pub fn scaling_figures(
         seed_xy(&|r| r.memory_bytes()),
         REFERENCE,
     ));
-    figs.push(figure("memory", "Memory vs connections", p));
+    figs.push(figure(
+        "memory",
+        &format!("Memory vs connections: {}", counted.title()),
+        p,
+    ));
 
     let mut p = panel(
         "Memory per 1M connections",
@@ -361,7 +390,7 @@ pub fn scaling_figures(
             .filter_map(|p| Some((p.connections as f64, p.memory_per_million_bytes()?)))
             .collect();
         p.series.push(measured(
-            format!("{name} RSS+sockets"),
+            format!("{name} {}", Counted::of_line(pts).short()),
             positive(v),
             colour(i, 1, 0),
             Marker::Circle,
@@ -380,10 +409,75 @@ pub fn scaling_figures(
     });
     figs.push(figure(
         "memory_per_million",
-        "Memory per 1M connections vs connections",
+        &format!("Memory per 1M connections: {}", counted.title()),
         p,
     ));
     figs
+}
+
+/// Which parts the memory figures of some points count, for chart labels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Counted {
+    /// Some(true): every point's proxy RSS is growth; Some(false): every one is the
+    /// peak (start not recorded); None: mixed.
+    rss_grown: Option<bool>,
+    /// Some(true): every point measured slab; Some(false): none did; None: some did.
+    slab: Option<bool>,
+}
+
+fn all_or_none(with: usize, all: usize) -> Option<bool> {
+    if with == all {
+        Some(true)
+    } else if with == 0 {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+impl Counted {
+    fn of_points<'a>(pts: impl Iterator<Item = &'a Point> + Clone) -> Counted {
+        let all = pts.clone().count();
+        Counted {
+            rss_grown: all_or_none(pts.clone().filter(|p| p.rss_grown).count(), all),
+            slab: all_or_none(pts.filter(|p| p.slab_bytes.is_some()).count(), all),
+        }
+    }
+
+    fn of_line(pts: &[Point]) -> Counted {
+        Counted::of_points(pts.iter())
+    }
+
+    fn of(lines: &[(String, Vec<Point>)]) -> Counted {
+        Counted::of_points(lines.iter().flat_map(|(_, p)| p.iter()))
+    }
+
+    fn rss(self) -> &'static str {
+        match self.rss_grown {
+            Some(true) => "proxy RSS grown",
+            Some(false) => "proxy RSS peak",
+            None => "proxy RSS grown or peak",
+        }
+    }
+
+    /// For legends (the column is narrow; the title names the parts).
+    fn short(self) -> &'static str {
+        match self.slab {
+            Some(true) => "total",
+            Some(false) => "total, no slab",
+            None => "total, slab in some",
+        }
+    }
+
+    /// For figure titles.
+    fn title(self) -> String {
+        let rss = self.rss();
+        match self.slab {
+            Some(true) => format!("{rss} + socket buffers + kernel slab"),
+            Some(false) => format!("{rss} + socket buffers (slab not measured)"),
+            None => format!("{rss} + socket buffers + slab where measured"),
+        }
+    }
 }
 
 /// A file-name-safe stem.
@@ -455,9 +549,10 @@ pub fn timeseries_figures(data: &RunData) -> Vec<Figure> {
         let mut p = ts_panel("Memory", "bytes", Fmt::Bytes);
         p.series
             .push(line(&rows, "proxy RSS", 0, |r| r.proxy_rss_bytes as f64));
-        p.series.push(line(&rows, "kernel TCP sockets", 1, |r| {
-            r.sock_mem_bytes as f64
-        }));
+        p.series
+            .push(line(&rows, "kernel TCP socket buffers", 1, |r| {
+                r.sock_mem_bytes as f64
+            }));
         panels.push(p);
         let round = if data.run.steps.iter().any(|x| x.round > 0) {
             format!(", round {}", s.round)

@@ -168,9 +168,18 @@ pub fn render_data(
 
 fn caveats(seed_rows: &[reference::SeedRow]) -> Vec<String> {
     let mut c = vec![
-        "Kernel TCP socket memory is host-wide: when the load generator and the backends run on \
-         the same machine it also counts their sockets (about twice the proxy's own on loopback), \
-         so memory per connection measured that way is an upper bound for a proxy-only host."
+        "Memory per connection counts the proxy's RSS grown during the step (its idle baseline \
+         is a fixed cost per host, left out; older results without the step's starting RSS \
+         count the whole peak), the kernel's TCP socket buffers grown (sockstat `mem`) and the \
+         kernel's unreclaimable slab grown (SUnreclaim). sockstat counts only buffer pages, so \
+         an idle socket costs about 0 there; the socket structures themselves (about 3 KB per \
+         socket measured on these machines) live in the slab. Runs that did not record the slab \
+         are marked \"slab not measured\": their figure is a lower bound."
+            .to_string(),
+        "Kernel socket buffers and slab are host-wide: when the load generator and the backends \
+         run on the same machine they also count their sockets (about twice the proxy's own on \
+         loopback: each proxied connection is a client socket and a proxy socket), so memory per \
+         connection measured that way is an upper bound for a proxy-only host."
             .to_string(),
         "On a small shared machine the load generator and backends take CPU from the proxy, so \
          requests/s is compressed; CPU per request (and requests/s per busy core) is the figure \

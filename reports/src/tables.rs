@@ -91,6 +91,7 @@ pub fn steps_table(data: &RunData) -> Table {
         "CPU µs/req",
         "proxy RSS peak",
         "kernel TCP mem peak",
+        "kernel slab grown",
     ]);
     for s in &data.run.steps {
         t.rows.push(vec![
@@ -112,6 +113,9 @@ pub fn steps_table(data: &RunData) -> Table {
             format!("{:.1}", s.proxy.cpu_us_per_request),
             Fmt::Bytes.format(s.proxy.rss_peak_bytes as f64),
             Fmt::Bytes.format(s.kernel.sock_mem_bytes_peak as f64),
+            s.kernel
+                .slab_unreclaim_grown_bytes
+                .map_or_else(|| "not measured".into(), |b| Fmt::Bytes.format(b as f64)),
         ]);
     }
     t
@@ -157,24 +161,38 @@ pub fn rules_table(data: &RunData, rules: &CapacityRules) -> (Table, Vec<Costs>)
         ]);
         let r = &rules.memory_per_million_connections;
         let g = m.gb_per_million_connections();
+        let mem = m.memory_step.memory();
+        let mut verdict = against_rule(g, r.low, r.high).to_string();
+        if mem.slab_bytes.is_none() {
+            verdict.push_str(" (a lower bound: slab not measured)");
+        }
+        let mut parts = vec![format!(
+            "{} {}",
+            Fmt::Bytes.format(mem.proxy_rss_bytes as f64),
+            if mem.rss_grown {
+                "RSS grown"
+            } else {
+                "RSS peak"
+            }
+        )];
+        parts.push(format!(
+            "{} socket buffers",
+            Fmt::Bytes.format(mem.sock_mem_bytes as f64)
+        ));
+        if let Some(slab) = mem.slab_bytes {
+            parts.push(format!("{} slab", Fmt::Bytes.format(slab as f64)));
+        }
         t.rows.push(vec![
             target.name.clone(),
-            "GB per 1M connections (kernel sockets + proxy RSS)".into(),
+            format!("GB per 1M connections ({})", mem.counted()),
             format!("{g:.2}"),
             format!("{}-{}", r.low, r.high),
-            against_rule(g, r.low, r.high).into(),
+            verdict,
             format!(
-                "step {} ({} open, {} sockets + {} RSS)",
+                "step {} ({} open: {})",
                 m.memory_step.step,
                 count(m.memory_step.peak_open),
-                Fmt::Bytes.format(
-                    m.memory_step
-                        .kernel
-                        .sock_mem_bytes_peak
-                        .saturating_sub(m.memory_step.kernel.sock_mem_bytes_start)
-                        as f64
-                ),
-                Fmt::Bytes.format(m.memory_step.proxy.rss_peak_bytes as f64)
+                parts.join(" + ")
             ),
         ]);
         costs.push(m.costs);

@@ -127,3 +127,36 @@ fn measured_costs_come_from_the_busiest_and_the_largest_steps() {
     assert!((m.gb_per_million_connections() - 6.27).abs() < 1e-9);
     assert!(measured_costs(&data.run, "haproxy").is_none());
 }
+
+#[test]
+fn kernel_slab_growth_raises_the_memory_per_connection() {
+    let fixture = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"));
+    let data = reports::load_dir(fixture).unwrap();
+    // The fixture records no slab: sockets + RSS peak only, labelled so.
+    let without = measured_costs(&data.run, "speedmimi").unwrap();
+    let mem = without.memory_step.memory();
+    assert_eq!(mem.slab_bytes, None);
+    assert!(!mem.rss_grown);
+    assert!(without.costs.label.contains("slab not measured"));
+    assert!(without.costs.label.contains("proxy RSS peak"));
+
+    // The same run with 3.2 KB of slab grown per connection on the 50,000-connection step.
+    let mut run = data.run.clone();
+    run.steps[3].kernel.slab_unreclaim_grown_bytes = Some(160_000_000);
+    let with = measured_costs(&run, "speedmimi").unwrap();
+    // (292 MB sockets + 21.5 MB RSS peak + 160 MB slab) / 50,000
+    assert!((with.costs.bytes_per_connection - 9_470.0).abs() < 1e-9);
+    assert!(with.costs.bytes_per_connection > without.costs.bytes_per_connection);
+    assert!(with
+        .costs
+        .label
+        .contains("proxy RSS peak + kernel socket buffers + kernel slab grown"));
+
+    // With the step's starting RSS known, only the RSS grown counts (20 MB baseline).
+    run.steps[3].proxy.rss_start_bytes = Some(20_000_000);
+    let grown = measured_costs(&run, "speedmimi").unwrap();
+    // (292 MB sockets + 1.5 MB RSS grown + 160 MB slab) / 50,000
+    assert!((grown.costs.bytes_per_connection - 9_070.0).abs() < 1e-9);
+    assert!((grown.gb_per_million_connections() - 9.07).abs() < 1e-9);
+    assert!(grown.costs.label.contains("proxy RSS grown + kernel"));
+}

@@ -163,7 +163,13 @@ fn summary_has_the_tables_and_links_the_pngs() {
     assert!(md.contains(
         "| speedmimi | requests/s per busy core | 44,444 | 10,000-20,000 | above the range |"
     ));
-    assert!(md.contains("| measured: speedmimi | 44,444 | 6,270 |"));
+    // The fixture records no slab: the figure says so and is marked a lower bound.
+    assert!(md.contains(
+        "| measured: speedmimi (memory: proxy RSS peak + kernel socket buffers; slab not measured) | 44,444 | 6,270 |"
+    ));
+    assert!(md.contains(
+        "| speedmimi | GB per 1M connections (proxy RSS peak + kernel socket buffers; slab not measured) | 6.27 | 2-4 | above the range (a lower bound: slab not measured) |"
+    ));
     assert!(md.contains("| seed rules, cautious end | 10,000 | 4,000 | 8.0 | 12 |"));
     for png in &out.pngs {
         let name = png.file_name().unwrap().to_string_lossy();
@@ -172,6 +178,55 @@ fn summary_has_the_tables_and_links_the_pngs() {
             "summary.md lacks a link to {name}"
         );
     }
+}
+
+#[test]
+fn slab_growth_is_counted_and_named_in_the_summary_and_charts() {
+    let dir = fixture_copy(true);
+    let mut data = reports::load_dir(dir.path()).unwrap();
+    // 3.2 KB of slab per connection on every speedmimi step, as a bench run now records.
+    for s in data
+        .run
+        .steps
+        .iter_mut()
+        .filter(|s| s.target == "speedmimi")
+    {
+        s.kernel.slab_unreclaim_grown_bytes = Some(s.peak_open * 3_200);
+        s.proxy.rss_start_bytes = Some(3_000_000);
+    }
+    reports::save_dir(dir.path(), &data).unwrap();
+    let out = reports::render(dir.path()).unwrap();
+    let md = fs::read_to_string(&out.summary).unwrap();
+    // (292 MB sockets + 18.5 MB RSS grown + 160 MB slab) / 50,000 = 9,410 bytes.
+    assert!(md.contains(
+        "| measured: speedmimi (memory: proxy RSS grown + kernel socket buffers + kernel slab grown) | 44,444 | 9,410 |"
+    ), "{md}");
+    assert!(md.contains("| 9.41 | 2-4 | above the range |"), "{md}");
+    assert!(md.contains("160 MB slab"), "{md}");
+    // nginx has none: still rendered, marked.
+    assert!(md.contains(
+        "| nginx | GB per 1M connections (proxy RSS peak + kernel socket buffers; slab not measured) |"
+    ));
+    assert!(md.contains("| kernel slab grown |"));
+    assert!(md.contains("not measured |"));
+    let mem = fs::read_to_string(dir.path().join("memory_per_million.svg")).unwrap();
+    roxmltree::Document::parse(&mem).unwrap();
+    assert!(mem.contains("speedmimi hold total\n"), "{mem}");
+    assert!(mem.contains("nginx total, no slab"));
+    assert!(mem.contains(
+        "Memory per 1M connections: proxy RSS grown or peak + socket buffers + slab where measured"
+    ));
+    let total = fs::read_to_string(dir.path().join("memory.svg")).unwrap();
+    assert!(total.contains("speedmimi hold kernel slab grown"));
+}
+
+#[test]
+fn without_slab_the_charts_say_it_was_not_measured() {
+    let dir = fixture_copy(false);
+    reports::render(dir.path()).unwrap();
+    let mem = fs::read_to_string(dir.path().join("memory_per_million.svg")).unwrap();
+    assert!(mem.contains("slab not measured"));
+    assert!(mem.contains("speedmimi hold total, no slab"));
 }
 
 #[test]
