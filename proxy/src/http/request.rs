@@ -354,6 +354,25 @@ fn target_form(buf: &[u8], target: &[u8], method: &str) -> Result<(Span, Option<
 /// unreserved characters, percent-encodings and sub-delimiters other than
 /// the comma (a comma is how two Host values look once joined), or a
 /// bracketed IPv6 literal; a port of at most 5 digits.
+/// Bytes of a reg-name or IPv4 host (RFC 3986: unreserved, pct-encoded,
+/// sub-delims), as a table: this runs on every request's Host.
+const HOST_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric();
+        b += 1;
+    }
+    let extra = b"-._~%!$&'()*+;=";
+    let mut i = 0;
+    while i < extra.len() {
+        table[extra[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
+
 fn valid_host(value: &[u8]) -> bool {
     let (host, port) = if value.first() == Some(&b'[') {
         let Some(close) = value.iter().position(|&b| b == b']') else {
@@ -378,11 +397,8 @@ fn valid_host(value: &[u8]) -> bool {
             None => (value, None),
         }
     };
-    let host_ok = host.starts_with(b"[")
-        || (!host.is_empty()
-            && host
-                .iter()
-                .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+;=".contains(&b)));
+    let host_ok =
+        host.starts_with(b"[") || (!host.is_empty() && host.iter().all(|&b| HOST_BYTE[b as usize]));
     let port_ok = port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit));
     host_ok && port_ok
 }
@@ -536,6 +552,14 @@ impl Writer<'_> {
 mod tests {
     use super::*;
     use crate::buffer::BufPool;
+
+    #[test]
+    fn host_byte_table_is_rfc_3986_reg_name() {
+        for b in 0..=255u8 {
+            let expected = b.is_ascii_alphanumeric() || b"-._~%!$&'()*+;=".contains(&b);
+            assert_eq!(HOST_BYTE[b as usize], expected, "byte {b:#04x}");
+        }
+    }
 
     const LIMITS: Limits = Limits {
         max_head: 16384,
