@@ -114,6 +114,15 @@ fn bench_writes_a_run_directory_renders_it_and_stops_everything() {
     assert_eq!(steps[0]["peak_open"], 20);
     assert!(steps[0]["requests"].as_u64().unwrap() > 0);
     assert!(steps[0]["proxy"]["rss_peak_bytes"].as_u64().unwrap() > 0);
+    // What the report's memory per connection counts beyond sockstat: the RSS baseline
+    // (to count RSS grown) and the kernel slab grown (0 is a valid reading).
+    assert!(steps[0]["proxy"]["rss_start_bytes"].as_u64().unwrap() > 0);
+    assert!(steps[0]["kernel"]["slab_unreclaim_grown_bytes"].is_u64());
+    let summary = std::fs::read_to_string(run_dir.join("summary.md")).unwrap();
+    assert!(
+        summary.contains("proxy RSS grown + kernel socket buffers + kernel slab grown"),
+        "{summary}"
+    );
     let env: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run_dir.join("env.json")).unwrap()).unwrap();
     assert!(env["cores"].as_u64().unwrap() >= 1);
