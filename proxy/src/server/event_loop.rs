@@ -387,7 +387,7 @@ impl EventLoop {
             max_uri: max_head.min(8192),
         };
         self.routing = new;
-        self.requeue_after_apply();
+        self.requeue_after_apply(&sizes);
         Ok(())
     }
 

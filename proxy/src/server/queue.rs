@@ -83,23 +83,25 @@ impl EventLoop {
         }
     }
 
+    /// `waiter` is still the client that queued, and still waits.
+    fn still_queued(&self, waiter: Waiter) -> bool {
+        matches!(self.slab.get(waiter.key),
+            Some(Entry::Client(c)) if c.gen == waiter.gen && c.phase == Phase::Queued)
+    }
+
     /// Drives the clients that were handed a slot (after the event that
     /// freed it, so no client is driven from inside another's exchange).
     pub(super) fn run_handoffs(&mut self) {
         while let Some((waiter, u)) = self.handoffs.pop_front() {
             self.slots.release_reservation(u);
-            let live = matches!(self.slab.get(waiter.key),
-                Some(Entry::Client(c)) if c.gen == waiter.gen && c.phase == Phase::Queued);
-            if !live {
+            if !self.still_queued(waiter) {
                 self.hand_out_slots(u); // its slot goes to the next one
                 continue;
             }
             self.handoff = Some(waiter.key);
             self.drive(waiter.key);
             self.handoff = None;
-            let queued_again = matches!(self.slab.get(waiter.key),
-                Some(Entry::Client(c)) if c.gen == waiter.gen && c.phase == Phase::Queued);
-            if !queued_again {
+            if !self.still_queued(waiter) {
                 // If it left instead of taking the slot, the slot goes on.
                 // (One that queued again found no usable slot: handing out
                 // again now could only spin.)
@@ -109,15 +111,10 @@ impl EventLoop {
     }
 
     /// After a reconfiguration: counts rebuilt from the open connections,
-    /// every waiter routed again under the new configuration.
-    pub(super) fn requeue_after_apply(&mut self) {
-        let sizes: Vec<usize> = self
-            .routing
-            .upstream_cfg
-            .iter()
-            .map(|u| u.backends.len())
-            .collect();
-        let mut slots = Slots::new(&sizes);
+    /// every waiter routed again under the new configuration. `sizes` are
+    /// the new configuration's backends per upstream.
+    pub(super) fn requeue_after_apply(&mut self, sizes: &[usize]) {
+        let mut slots = Slots::new(sizes);
         for (_, entry) in self.slab.iter() {
             if let Entry::Upstream(up) = entry {
                 slots.opened(up.upstream as usize, up.backend as usize);
@@ -126,14 +123,8 @@ impl EventLoop {
         let mut waiters = std::mem::replace(&mut self.slots, slots).take_all_waiters();
         waiters.extend(self.handoffs.drain(..).map(|(w, _)| w));
         for waiter in waiters {
-            let live = match self.slab.get_mut(waiter.key) {
-                Some(Entry::Client(c)) if c.gen == waiter.gen && c.phase == Phase::Queued => {
-                    c.phase = Phase::Head;
-                    true
-                }
-                _ => false,
-            };
-            if live {
+            if self.still_queued(waiter) {
+                self.client_mut(waiter.key).phase = Phase::Head;
                 self.drive(waiter.key);
             }
         }

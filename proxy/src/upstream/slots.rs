@@ -94,10 +94,6 @@ impl Slots {
     pub fn take_all_waiters(&mut self) -> Vec<Waiter> {
         self.queues.iter_mut().flat_map(|q| q.drain(..)).collect()
     }
-
-    pub fn queued(&self) -> usize {
-        self.queues.iter().map(|q| q.len()).sum()
-    }
 }
 
 #[cfg(test)]
