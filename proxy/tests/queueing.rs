@@ -23,6 +23,18 @@ fn hold_one(p: &Proxy, b: &Backend) -> Client {
     holder
 }
 
+/// A backend behind a proxy with `max_conns: 1`, and a client whose
+/// request the backend holds, so that the one connection slot is taken.
+fn one_slot_taken(queue_timeout: &'static str) -> (Backend, Proxy, Client) {
+    let b = Backend::start("a");
+    let mut cfg = Cfg::new(&[b.addr]);
+    cfg.max_conns = 1;
+    cfg.queue_timeout = queue_timeout;
+    let p = cfg.start();
+    let holder = hold_one(&p, &b);
+    (b, p, holder)
+}
+
 #[test]
 fn many_clients_share_a_capped_number_of_backend_connections() {
     const CLIENTS: usize = 12;
@@ -61,12 +73,7 @@ fn many_clients_share_a_capped_number_of_backend_connections() {
 
 #[test]
 fn a_request_that_waits_past_queue_timeout_gets_503_and_the_queue_keeps_working() {
-    let b = Backend::start("a");
-    let mut cfg = Cfg::new(&[b.addr]);
-    cfg.max_conns = 1;
-    cfg.queue_timeout = "300ms";
-    let p = cfg.start();
-    let mut holder = hold_one(&p, &b);
+    let (b, p, mut holder) = one_slot_taken("300ms");
 
     let mut waiter = p.client();
     let started = Instant::now();
@@ -93,12 +100,7 @@ fn a_request_that_waits_past_queue_timeout_gets_503_and_the_queue_keeps_working(
 
 #[test]
 fn queued_requests_are_served_in_arrival_order() {
-    let b = Backend::start("a");
-    let mut cfg = Cfg::new(&[b.addr]);
-    cfg.max_conns = 1;
-    cfg.queue_timeout = "10s";
-    let p = cfg.start();
-    let mut holder = hold_one(&p, &b);
+    let (b, p, mut holder) = one_slot_taken("10s");
     let mut waiters: Vec<Client> = Vec::new();
     for i in 0..5 {
         let mut c = p.client();
@@ -124,12 +126,7 @@ fn queued_requests_are_served_in_arrival_order() {
 
 #[test]
 fn clients_that_reset_while_queued_do_not_hold_up_the_queue() {
-    let b = Backend::start("a");
-    let mut cfg = Cfg::new(&[b.addr]);
-    cfg.max_conns = 1;
-    cfg.queue_timeout = "10s";
-    let p = cfg.start();
-    let mut holder = hold_one(&p, &b);
+    let (b, p, mut holder) = one_slot_taken("10s");
     for i in 0..5 {
         let mut c = p.client();
         c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
@@ -158,11 +155,7 @@ fn clients_that_reset_while_queued_do_not_hold_up_the_queue() {
 
 #[test]
 fn a_client_that_half_closes_while_queued_still_gets_its_answer() {
-    let b = Backend::start("a");
-    let mut cfg = Cfg::new(&[b.addr]);
-    cfg.max_conns = 1;
-    let p = cfg.start();
-    let mut holder = hold_one(&p, &b);
+    let (b, p, mut holder) = one_slot_taken("2s");
     let mut c = p.client();
     c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
     wait_until("the request is queued", || {
@@ -181,12 +174,7 @@ fn a_client_that_half_closes_while_queued_still_gets_its_answer() {
 
 #[test]
 fn raising_max_conns_through_the_admin_api_serves_waiting_requests() {
-    let b = Backend::start("a");
-    let mut cfg = Cfg::new(&[b.addr]);
-    cfg.max_conns = 1;
-    cfg.queue_timeout = "20s";
-    let p = cfg.start();
-    let mut holder = hold_one(&p, &b);
+    let (b, p, mut holder) = one_slot_taken("20s");
     let mut waiter = p.client();
     waiter.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
     wait_until("the request is queued", || {
