@@ -25,6 +25,7 @@ use crate::control::board::{Board, MAX_PROCESSES};
 use crate::control::snapshot::{self, RateMeter};
 use crate::control::{ApplyError, BackendSnapshot, ControlPlane, ServerSnapshot};
 use crate::server::{refuse_restart_only_changes, Server};
+use crate::upstream::probe::Prober;
 
 /// How often workers look for a new configuration and the master for dead workers.
 const POLL: Duration = Duration::from_millis(100);
@@ -71,6 +72,7 @@ pub fn run(
     let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT])?;
     let graceful = config.server.graceful_timeout;
     let server = Server::start(raw, config.clone(), Board::in_process(), 0)?;
+    server.start_health_checks()?;
     let admin = start_admin(&config, server.clone())?;
     announce(Started {
         listen: server.local_addr,
@@ -179,6 +181,9 @@ struct Master {
     meter: RateMeter,
     /// Serializes configuration changes.
     applying: Mutex<()>,
+    /// Active health checks, run here once for every worker (verdicts on
+    /// the board); set once the workers run.
+    prober: std::sync::OnceLock<Prober>,
 }
 
 impl Master {
@@ -316,6 +321,9 @@ impl ControlPlane for Master {
             let _ = self.publish(&old_raw);
             return Err(e);
         }
+        if let Some(prober) = self.prober.get() {
+            prober.update(&config);
+        }
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = (raw, Arc::new(config));
         Ok(())
     }
@@ -383,6 +391,7 @@ fn run_master(
         started: Instant::now(),
         meter: RateMeter::default(),
         applying: Mutex::new(()),
+        prober: std::sync::OnceLock::new(),
     });
     let cleanup = scopeguard(move || {
         let _ = std::fs::remove_file(&board_path);
@@ -401,6 +410,7 @@ fn run_master(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    let _ = master.prober.set(Prober::start(board, &config)?);
     let admin = start_admin(&config, master.clone())?;
     announce(Started {
         listen: config.server.listen,

@@ -147,6 +147,7 @@ impl ControlPlane for TestPlane {
                     responses: [0, 30, 1, 5, 4 + i as u64],
                     connect_latency: histogram(1),
                     response_latency: histogram(3),
+                    active_health: Default::default(),
                 })
                 .collect(),
         )
@@ -307,6 +308,12 @@ fn backends_of_one_upstream_show_every_field() {
             "address": "127.0.0.1:9000", "weight": 5, "health": "up", "active": 0,
             "requests": 40, "failures": 0, "latency_ewma_ms": 1.5,
             "responses": { "1xx": 0, "2xx": 30, "3xx": 1, "4xx": 5, "5xx": 4 },
+            "active_check": {
+                "state": "off", "consecutive_successes": 0, "consecutive_failures": 0,
+                "last_status": null, "last_result": null, "last_probe_unix_ms": null,
+                "probes": { "ok": 0, "connect_failed": 0, "timeout": 0, "bad_status": 0,
+                            "malformed_response": 0 },
+            },
         })
     );
     assert_eq!(list[1]["health"], "down");

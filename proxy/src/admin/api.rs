@@ -11,6 +11,7 @@ use super::error::ApiError;
 use super::State;
 use crate::config::{validate, RawBackend, RawConfig, REDACTED};
 use crate::control::{BackendSnapshot, Counters, ServerSnapshot, WorkerSnapshot};
+use crate::upstream::probe::{ActiveHealthSnapshot, Outcome};
 
 pub type Answer = Result<(StatusCode, Value), ApiError>;
 
@@ -67,6 +68,25 @@ fn backend_json(b: &BackendSnapshot) -> Value {
         "failures": b.failures,
         "latency_ewma_ms": b.latency_ewma_ms,
         "responses": responses,
+        "active_check": active_check_json(&b.active_health),
+    })
+}
+
+/// The active health check of one backend (`"state": "off"` without one).
+fn active_check_json(h: &ActiveHealthSnapshot) -> Value {
+    let probes: Map<String, Value> = Outcome::ALL
+        .iter()
+        .zip(h.probes)
+        .map(|(o, n)| (o.name().to_string(), json!(n)))
+        .collect();
+    json!({
+        "state": h.state,
+        "consecutive_successes": h.successes,
+        "consecutive_failures": h.failures,
+        "last_status": h.last_status,
+        "last_result": h.last_outcome.map(Outcome::name),
+        "last_probe_unix_ms": h.last_unix_ms,
+        "probes": probes,
     })
 }
 

@@ -19,6 +19,7 @@ use prometheus_client::registry::Registry;
 use crate::control::{
     BackendSnapshot, ControlPlane, Counters, Histogram, ServerSnapshot, LATENCY_BUCKETS,
 };
+use crate::upstream::probe::Outcome;
 
 /// The content type of what `render` returns.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -307,6 +308,33 @@ impl Scrape {
                     labels.push(("state", state.to_string()));
                     (labels, ConstGauge::new(i64::from(b.health == *state)))
                 })
+            }),
+        )?;
+        family(
+            e,
+            "backend_health_check_up",
+            "Active health check verdict of each backend: 1 up, 0 down (backends without a check are left out)",
+            self.backends()
+                .filter(|(_, b)| b.active_health.state != "off")
+                .map(|(l, b)| (l, ConstGauge::new(i64::from(b.active_health.state == "up")))),
+        )?;
+        family(
+            e,
+            "backend_health_check_probes",
+            "Active health check probes sent to each backend, by result",
+            self.backends().flat_map(|(labels, b)| {
+                Outcome::ALL
+                    .iter()
+                    .zip(b.active_health.probes)
+                    .filter(move |_| {
+                        b.active_health.state != "off"
+                            || b.active_health.probes.iter().any(|&n| n > 0)
+                    })
+                    .map(move |(o, n)| {
+                        let mut labels = labels.clone();
+                        labels.push(("result", o.name().to_string()));
+                        (labels, counter(n))
+                    })
             }),
         )?;
         histograms(

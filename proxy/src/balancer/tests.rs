@@ -32,6 +32,7 @@ fn upstream_at(ports: &[u16], weights: &[u32]) -> UpstreamState {
         retries: 2,
         max_conns: 0,
         queue_timeout: Duration::from_secs(5),
+        health_check: None,
     };
     UpstreamState::from_config(&cfg)
 }

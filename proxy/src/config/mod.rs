@@ -21,7 +21,8 @@ use std::time::Duration;
 
 pub use patch::REDACTED;
 pub use raw::{
-    RawAdmin, RawBackend, RawConfig, RawMatch, RawRoute, RawServer, RawUpstream, Size, Workers,
+    ExpectStatus, RawAdmin, RawBackend, RawConfig, RawHealthCheck, RawMatch, RawRoute, RawServer,
+    RawUpstream, Size, Workers,
 };
 pub use router::Router;
 pub use units::{format_duration, parse_duration};
@@ -86,6 +87,25 @@ pub struct UpstreamConfig {
     pub max_conns: usize,
     /// Longest wait in that queue; 503 after it.
     pub queue_timeout: Duration,
+    /// Active health checks (`upstream::probe`); `None` = off.
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+/// `upstreams.NAME.health_check`, resolved: a `GET path` to each backend
+/// every `interval`; `fall` failed probes in a row take it out of rotation,
+/// `rise` good ones in a row bring it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheckConfig {
+    pub path: String,
+    pub interval: Duration,
+    /// Bounds a whole probe: connect, send, and the response head.
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    /// Status codes that count as healthy, inclusive.
+    pub expect_status: (u16, u16),
+    /// Host header; `None` = the backend's `IP:PORT`.
+    pub host: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -247,6 +267,18 @@ impl Config {
                     retries: Some(u.retries),
                     max_conns: Some(u.max_conns as u32),
                     queue_timeout: Some(format_duration(u.queue_timeout)),
+                    health_check: u.health_check.as_ref().map(|h| RawHealthCheck {
+                        path: Some(h.path.clone()),
+                        interval: Some(format_duration(h.interval)),
+                        timeout: Some(format_duration(h.timeout)),
+                        rise: Some(h.rise),
+                        fall: Some(h.fall),
+                        expect_status: Some(match h.expect_status {
+                            (lo, hi) if lo == hi => ExpectStatus::Code(u64::from(lo)),
+                            (lo, hi) => ExpectStatus::Text(format!("{lo}-{hi}")),
+                        }),
+                        host: h.host.clone(),
+                    }),
                 };
                 (name.clone(), raw)
             })

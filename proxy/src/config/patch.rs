@@ -152,6 +152,40 @@ routing:
     }
 
     #[test]
+    fn health_check_added_changed_and_removed_by_patches() {
+        let (r, c) = raw()
+            .merge_patch(r#"{"upstreams":{"app":{"health_check":{}}}}"#, "PUT")
+            .unwrap();
+        assert_eq!(c.upstreams["app"].health_check.as_ref().unwrap().fall, 3);
+        let (r, c) = r
+            .merge_patch(
+                r#"{"upstreams":{"app":{"health_check":{"fall":1,"interval":"100ms"}}}}"#,
+                "PUT",
+            )
+            .unwrap();
+        let h = c.upstreams["app"].health_check.clone().unwrap();
+        assert_eq!((h.fall, h.interval.as_millis()), (1, 100));
+        let (_, c) = r
+            .merge_patch(r#"{"upstreams":{"app":{"health_check":null}}}"#, "PUT")
+            .unwrap();
+        assert_eq!(c.upstreams["app"].health_check, None);
+        let e = r
+            .merge_patch(
+                r#"{"upstreams":{"app":{"health_check":{"interval":"1ms"}}}}"#,
+                "PUT /api/v1/config",
+            )
+            .unwrap_err();
+        assert_eq!(e.field, "upstreams.app.health_check.interval");
+        let e = r
+            .merge_patch(
+                r#"{"upstreams":{"app":{"health_check":{"expect_status":true}}}}"#,
+                "PUT /api/v1/config",
+            )
+            .unwrap_err();
+        assert_eq!(e.field, "upstreams.app.health_check.expect_status", "{e}");
+    }
+
+    #[test]
     fn bad_patches_name_the_field() {
         let cases = [
             (

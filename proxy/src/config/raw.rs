@@ -78,6 +78,30 @@ pub struct RawUpstream {
     pub max_conns: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_timeout: Option<String>,
+    /// Active health checks; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<RawHealthCheck>,
+}
+
+/// `upstreams.NAME.health_check`: every field optional (defaults in
+/// `validate`), so `health_check: {}` turns checks on with the defaults.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rise: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fall: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_status: Option<ExpectStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -189,6 +213,47 @@ impl<'de> Deserialize<'de> for Size {
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<Size, E> {
                 Ok(Size::Text(s.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `expect_status`: one code (`200`) or a range as text (`"200-399"`);
+/// the text is kept as written and checked during validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExpectStatus {
+    Code(u64),
+    Text(String),
+}
+
+impl Serialize for ExpectStatus {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ExpectStatus::Code(n) => s.serialize_u64(*n),
+            ExpectStatus::Text(t) => s.serialize_str(t),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ExpectStatus {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ExpectStatus;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a status code such as 200 or a range such as \"200-399\"")
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<ExpectStatus, E> {
+                Ok(ExpectStatus::Code(n))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<ExpectStatus, E> {
+                u64::try_from(n)
+                    .map(ExpectStatus::Code)
+                    .map_err(|_| E::custom(format!("negative status {n}")))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<ExpectStatus, E> {
+                Ok(ExpectStatus::Text(s.to_string()))
             }
         }
         d.deserialize_any(V)

@@ -248,6 +248,20 @@ fn bad_configs() -> Vec<(String, Option<usize>, &'static str, &'static str)> {
         (edit(10, false, "    max_conns: 5000000"), Some(11), "upstreams.api.max_conns", "up to 1000000"),
         (edit(10, false, "    max_conns: -1"), Some(11), "upstreams.api.max_conns", "expected u32"),
         (edit(10, false, "    queue_timeout: 0s"), Some(11), "upstreams.api.queue_timeout", "zero timeout"),
+        // semantic: active health checks
+        (edit(10, false, "    health_check: { path: healthz }"), Some(11), "upstreams.api.health_check.path", "must start with /"),
+        (edit(10, false, "    health_check: { path: \"/a b\" }"), Some(11), "upstreams.api.health_check.path", "whitespace"),
+        (edit(10, false, "    health_check: { interval: 1ms }"), Some(11), "upstreams.api.health_check.interval", "at least 10ms"),
+        (edit(10, false, "    health_check: { interval: 2 }"), Some(11), "upstreams.api.health_check.interval", "no unit"),
+        (edit(10, false, "    health_check: { timeout: 0s }"), Some(11), "upstreams.api.health_check.timeout", "zero timeout"),
+        (edit(10, false, "    health_check: { rise: 0 }"), Some(11), "upstreams.api.health_check.rise", "rise 0"),
+        (edit(10, false, "    health_check: { fall: 1000 }"), Some(11), "upstreams.api.health_check.fall", "fall 1000"),
+        (edit(10, false, "    health_check: { expect_status: \"399-200\" }"), Some(11), "upstreams.api.health_check.expect_status", "invalid expect_status"),
+        (edit(10, false, "    health_check: { expect_status: 700 }"), Some(11), "upstreams.api.health_check.expect_status", "codes 100 to 599"),
+        (edit(10, false, "    health_check: { expect_status: ok }"), Some(11), "upstreams.api.health_check.expect_status", "invalid expect_status \"ok\""),
+        (edit(10, false, "    health_check: { host: \"a\\r\\nX: y\" }"), Some(11), "upstreams.api.health_check.host", "invalid Host"),
+        (edit(10, false, "    health_check: { paht: /x }"), Some(11), "upstreams.api.health_check.paht", "unknown field `paht`"),
+        (edit(10, false, "    health_check:\n      rise: -1"), Some(12), "upstreams.api.health_check.rise", "expected u32"),
         // semantic: admin
         (edit(5, false, "admin:\n  listen: \"0.0.0.0:9091\""), Some(7), "admin.listen", "set admin.token"),
         (edit(5, false, "admin:\n  token: \"\""), Some(7), "admin.token", "empty token"),
@@ -312,4 +326,63 @@ fn the_documented_example_is_valid_and_routes_as_documented() {
     );
     assert_eq!(route("www.example.com", "/"), Some("default"));
     assert_eq!(c.upstreams["app"].backends[2].weight, 1);
+}
+
+#[test]
+fn health_checks_are_off_by_default_and_take_defaults_when_on() {
+    let c = Config::from_yaml_str(GOOD, "proxy.yaml").unwrap();
+    assert_eq!(c.upstreams["api"].health_check, None);
+    assert!(c.to_raw().upstreams["api"].health_check.is_none());
+    let c = Config::from_yaml_str(&edit(10, false, "    health_check: {}"), "p.yaml").unwrap();
+    assert_eq!(
+        c.upstreams["api"].health_check,
+        Some(HealthCheckConfig {
+            path: "/healthz".into(),
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+            expect_status: (200, 399),
+            host: None,
+        })
+    );
+    let text = edit(
+        10,
+        false,
+        "    health_check:\n      path: /ping?deep=1\n      interval: 100ms\n      timeout: 50ms\n      \
+         rise: 1\n      fall: 5\n      expect_status: 204\n      host: app.example.com",
+    );
+    let c = Config::from_yaml_str(&text, "p.yaml").unwrap();
+    let h = c.upstreams["api"].health_check.clone().unwrap();
+    assert_eq!(h.path, "/ping?deep=1");
+    assert_eq!(h.interval, Duration::from_millis(100));
+    assert_eq!((h.rise, h.fall, h.expect_status), (1, 5, (204, 204)));
+    assert_eq!(h.host.as_deref(), Some("app.example.com"));
+    // Written out in full by to_raw, and read back the same.
+    let raw = c.to_raw();
+    let shown = raw.upstreams["api"].health_check.clone().unwrap();
+    assert_eq!(shown.expect_status, Some(ExpectStatus::Code(204)));
+    assert_eq!(shown.interval.as_deref(), Some("100ms"));
+    let yaml = serde_yaml_ng::to_string(&raw).unwrap();
+    let again = Config::from_yaml_str(&yaml, "again.yaml").unwrap();
+    assert_eq!(again.upstreams["api"].health_check, Some(h));
+    let range = Config::from_yaml_str(
+        &edit(
+            10,
+            false,
+            "    health_check: { expect_status: \"200-299\" }",
+        ),
+        "p.yaml",
+    )
+    .unwrap();
+    let h = range.upstreams["api"].health_check.clone().unwrap();
+    assert_eq!(h.expect_status, (200, 299));
+    assert_eq!(
+        range.to_raw().upstreams["api"]
+            .health_check
+            .clone()
+            .unwrap()
+            .expect_status,
+        Some(ExpectStatus::Text("200-299".into()))
+    );
 }

@@ -4,11 +4,11 @@
 //! source is at hand, its line.
 
 use super::locate::Locator;
-use super::raw::{RawAdmin, RawConfig, Size, Workers};
+use super::raw::{ExpectStatus, RawAdmin, RawConfig, RawHealthCheck, Size, Workers};
 use super::units::{parse_duration, parse_size};
 use super::{
-    AdminConfig, Algorithm, BackendConfig, Config, ConfigError, RouteConfig, RouteMatch,
-    ServerConfig, UpstreamConfig,
+    AdminConfig, Algorithm, BackendConfig, Config, ConfigError, HealthCheckConfig, RouteConfig,
+    RouteMatch, ServerConfig, UpstreamConfig,
 };
 use indexmap::IndexMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -33,6 +33,12 @@ pub const DEFAULT_MAX_FAILS: u32 = 1;
 pub const DEFAULT_FAIL_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_RETRIES: u32 = 2;
 pub const DEFAULT_BALANCER: Algorithm = Algorithm::RoundRobin;
+pub const DEFAULT_CHECK_PATH: &str = "/healthz";
+pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_CHECK_RISE: u32 = 2;
+pub const DEFAULT_CHECK_FALL: u32 = 3;
+pub const DEFAULT_CHECK_EXPECT: (u16, u16) = (200, 399);
 
 /// Bounds that catch typos (an extra zero) rather than limit real use.
 const MAX_WORKERS: u64 = 1024;
@@ -42,6 +48,9 @@ const MAX_RETRIES: u32 = 100;
 /// More connections to one backend than an event loop has descriptors for.
 const MAX_CONNS_PER_BACKEND: u32 = 1_000_000;
 const MIN_HEADER_SIZE: u64 = 1024;
+/// Probes closer together than this would load the backends, not watch them.
+const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(10);
+const MAX_RISE_FALL: u32 = 100;
 const MAX_HEADER_SIZE: u64 = 1024 * 1024;
 
 /// Validates `raw` into a `Config`. `origin` names the source in errors
@@ -333,7 +342,137 @@ impl Validator<'_> {
                 &u.queue_timeout,
                 connect_timeout,
             )?,
+            health_check: match &u.health_check {
+                None => None,
+                Some(h) => Some(self.health_check(&format!("{field}.health_check"), h)?),
+            },
         })
+    }
+
+    fn health_check(
+        &self,
+        field: &str,
+        h: &RawHealthCheck,
+    ) -> Result<HealthCheckConfig, ConfigError> {
+        let path = h.path.as_deref().unwrap_or(DEFAULT_CHECK_PATH);
+        if !path.starts_with('/') {
+            return Err(self.err(
+                format!("{field}.path"),
+                format!("path \"{path}\" must start with /, e.g. /healthz"),
+            ));
+        }
+        if path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return Err(self.err(
+                format!("{field}.path"),
+                format!(
+                    "path {path:?} contains whitespace or control characters; percent-encode them"
+                ),
+            ));
+        }
+        let interval = self.duration(
+            &format!("{field}.interval"),
+            &h.interval,
+            DEFAULT_CHECK_INTERVAL,
+        )?;
+        if interval < MIN_CHECK_INTERVAL {
+            return Err(self.err(
+                format!("{field}.interval"),
+                format!(
+                    "interval {} would flood the backends with probes; write at least {}",
+                    super::format_duration(interval),
+                    super::format_duration(MIN_CHECK_INTERVAL)
+                ),
+            ));
+        }
+        let timeout = self.duration(
+            &format!("{field}.timeout"),
+            &h.timeout,
+            DEFAULT_CHECK_TIMEOUT,
+        )?;
+        let count = |name: &str, value: Option<u32>, default: u32| {
+            let n = value.unwrap_or(default);
+            if (1..=MAX_RISE_FALL).contains(&n) {
+                Ok(n)
+            } else {
+                Err(self.err(
+                    format!("{field}.{name}"),
+                    format!(
+                        "{name} {n}; write a number of probes in a row from 1 to {MAX_RISE_FALL}"
+                    ),
+                ))
+            }
+        };
+        let rise = count("rise", h.rise, DEFAULT_CHECK_RISE)?;
+        let fall = count("fall", h.fall, DEFAULT_CHECK_FALL)?;
+        let expect_status = match &h.expect_status {
+            None => DEFAULT_CHECK_EXPECT,
+            Some(e) => self.expect_status(&format!("{field}.expect_status"), e)?,
+        };
+        let host = match &h.host {
+            None => None,
+            Some(text) => {
+                let ok = !text.is_empty()
+                    && text
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b));
+                if !ok {
+                    return Err(self.err(
+                        format!("{field}.host"),
+                        format!(
+                            "invalid Host {text:?}; write a name or address such as \
+                             app.example.com or 127.0.0.1:9000, or leave it out to send the \
+                             backend's address"
+                        ),
+                    ));
+                }
+                Some(text.clone())
+            }
+        };
+        Ok(HealthCheckConfig {
+            path: path.to_string(),
+            interval,
+            timeout,
+            rise,
+            fall,
+            expect_status,
+            host,
+        })
+    }
+
+    /// `200` or `"200-399"`: codes from 100 to 599, low end first.
+    fn expect_status(&self, field: &str, e: &ExpectStatus) -> Result<(u16, u16), ConfigError> {
+        let bad = || {
+            self.err(
+                field,
+                format!(
+                    "invalid expect_status {}; write a status code such as 200 or a range \
+                     such as \"200-399\" (codes 100 to 599)",
+                    match e {
+                        ExpectStatus::Code(n) => n.to_string(),
+                        ExpectStatus::Text(t) => format!("{t:?}"),
+                    }
+                ),
+            )
+        };
+        let code = |n: u64| u16::try_from(n).ok().filter(|c| (100..=599).contains(c));
+        let parse = |t: &str| t.trim().parse::<u64>().ok().and_then(code);
+        let (lo, hi) = match e {
+            ExpectStatus::Code(n) => {
+                let c = code(*n).ok_or_else(bad)?;
+                (c, c)
+            }
+            ExpectStatus::Text(t) => match t.split_once('-') {
+                Some((lo, hi)) => (parse(lo).ok_or_else(bad)?, parse(hi).ok_or_else(bad)?),
+                None => {
+                    let c = parse(t).ok_or_else(bad)?;
+                    (c, c)
+                }
+            },
+        };
+        if lo > hi {
+            return Err(bad());
+        }
+        Ok((lo, hi))
     }
 
     fn routing(

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
 
 use super::{Histogram, LATENCY_BUCKETS};
 use crate::stats::LoopStats;
+use crate::upstream::probe::ActiveHealth;
 
 pub const MAX_PROCESSES: usize = 128;
 pub const MAX_LOOPS: usize = 32;
@@ -74,6 +75,9 @@ pub struct BackendCounters {
     pub down_until_ms: AtomicU64,
     pub connect: LatencyCounters,
     pub response: LatencyCounters,
+    /// The active health check's verdict, written by the one prober (the
+    /// master's with worker processes), read by every loop's balancers.
+    pub active_health: ActiveHealth,
 }
 
 impl BackendCounters {

@@ -70,8 +70,11 @@ pub struct ServerSnapshot {
 pub struct BackendSnapshot {
     pub addr: String,
     pub weight: u32,
-    /// "up", "probing", "down", or "draining" (removed, requests in flight).
+    /// "up", "probing", "down" (held out by the passive or the active
+    /// check), or "draining" (removed, requests in flight).
     pub health: &'static str,
+    /// The active health check (`upstream::probe`): state "off" without one.
+    pub active_health: crate::upstream::probe::ActiveHealthSnapshot,
     pub active: i64,
     pub requests: u64,
     pub failures: u64,

@@ -138,9 +138,13 @@ pub fn backends(board: &Board, config: &Config, upstream: &str) -> Option<Vec<Ba
     let now_ms = crate::server::unix_ms();
     let snap =
         |addr: String, weight: u32, counters: &super::board::BackendCounters, listed: bool| {
-            let down = counters.down_until_ms.load(Relaxed) > now_ms;
+            let active_health = counters.active_health.snapshot();
+            // In rotation only when both the passive and the active check say so.
+            let down =
+                counters.down_until_ms.load(Relaxed) > now_ms || active_health.state == "down";
             let active = counters.active();
             BackendSnapshot {
+                active_health,
                 health: match (listed, down) {
                     (false, _) => "draining",
                     (true, true) => "down",

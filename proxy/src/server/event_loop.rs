@@ -61,7 +61,7 @@ pub(super) struct Routing {
 impl Routing {
     pub fn new(config: Arc<Config>, board: &'static Board) -> Routing {
         let upstream_cfg: Vec<UpstreamConfig> = config.upstreams.values().cloned().collect();
-        let counters = config
+        let counters: Vec<Vec<&'static BackendCounters>> = config
             .upstreams
             .iter()
             .map(|(name, u)| {
@@ -73,7 +73,8 @@ impl Routing {
             .collect();
         let upstreams: Vec<UpstreamState> = upstream_cfg
             .iter()
-            .map(UpstreamState::from_config)
+            .zip(&counters)
+            .map(|(cfg, c)| UpstreamState::from_config(cfg).follow_active_checks(c))
             .collect();
         let mut route_upstream = Vec::new();
         let mut balancers = Vec::new();

@@ -15,7 +15,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,7 @@ use crate::config::{Config, RawConfig};
 use crate::control::board::{Board, MAX_LOOPS};
 use crate::control::snapshot::{self, RateMeter};
 use crate::control::{ApplyError, BackendSnapshot, ControlPlane, ServerSnapshot};
+use crate::upstream::probe::Prober;
 
 pub(crate) use backends::unix_ms;
 pub use event_loop::{EventLoop, LoopCommand, LoopPlace};
@@ -45,6 +46,9 @@ pub struct Server {
     current: Mutex<(RawConfig, Arc<Config>)>,
     started: Instant,
     meter: RateMeter,
+    /// Active health checks, when this process runs them (a lone process
+    /// does; worker processes leave them to the master).
+    prober: OnceLock<Prober>,
 }
 
 impl Server {
@@ -108,7 +112,17 @@ impl Server {
             current: Mutex::new((raw, config)),
             started: Instant::now(),
             meter: RateMeter::default(),
+            prober: OnceLock::new(),
         }))
+    }
+
+    /// Runs the active health checks of the configuration in force, and of
+    /// every configuration applied later (`upstream::probe`).
+    pub fn start_health_checks(&self) -> io::Result<()> {
+        let (_, config) = self.current();
+        let prober = Prober::start(self.board, &config)?;
+        let _ = self.prober.set(prober);
+        Ok(())
     }
 
     fn current(&self) -> (RawConfig, Arc<Config>) {
@@ -158,6 +172,9 @@ impl Server {
                     })
                 }
             }
+        }
+        if let Some(prober) = self.prober.get() {
+            prober.update(&config);
         }
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = (raw, config);
         Ok(())

@@ -2,8 +2,11 @@
 //! its own copy (no sharing on the request path): requests in flight, the
 //! counters the admin API shows, the peak-EWMA latency p2c balances on, and
 //! the failure window that takes a backend out of rotation for a while.
+//! The active check's verdict (`upstream::probe`) is read from the board.
 
 use crate::config::UpstreamConfig;
+use crate::control::board::BackendCounters;
+use crate::upstream::probe::ActiveHealth;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -34,7 +37,13 @@ pub struct BackendState {
     /// backend that is still broken gets one request per fail_timeout, not
     /// max_fails of them.
     probing: bool,
+    /// The active health check's verdict on the board (shared by every
+    /// loop and process); `NO_ACTIVE_CHECK` until `follow_active_checks`.
+    active_health: &'static ActiveHealth,
 }
+
+/// The verdict of backends not on a board (unit tests): never down.
+static NO_ACTIVE_CHECK: ActiveHealth = ActiveHealth::off();
 
 /// Whether a backend is in rotation, as the admin API reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +75,7 @@ impl BackendState {
             window_start: None,
             down_until: None,
             probing: false,
+            active_health: &NO_ACTIVE_CHECK,
         }
     }
 
@@ -121,9 +131,21 @@ impl UpstreamState {
         }
     }
 
-    /// False while the backend is marked down by passive health checks.
+    /// Reads each backend's active-check verdict from its board counters
+    /// (`counters[i]` belongs to backend `i`).
+    pub fn follow_active_checks(mut self, counters: &[&'static BackendCounters]) -> Self {
+        for (b, c) in self.backends.iter_mut().zip(counters) {
+            b.active_health = &c.active_health;
+        }
+        self
+    }
+
+    /// False while the backend is marked down by passive health checks or
+    /// by the active check (one relaxed load: no lock on the request path).
+    #[inline]
     pub fn is_available(&self, idx: usize, now: Instant) -> bool {
-        self.backends[idx].down_until.is_none_or(|t| now >= t)
+        let b = &self.backends[idx];
+        b.down_until.is_none_or(|t| now >= t) && !b.active_health.is_down()
     }
 
     pub fn request_started(&mut self, idx: usize) {
@@ -213,6 +235,7 @@ mod tests {
             retries: 2,
             max_conns: 0,
             queue_timeout: Duration::from_secs(5),
+            health_check: None,
         };
         UpstreamState::from_config(&cfg)
     }
