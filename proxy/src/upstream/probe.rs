@@ -340,6 +340,11 @@ async fn watch(key: Key, check: HealthCheckConfig, verdict: &'static ActiveHealt
     )
     .into_bytes();
     let (lo, hi) = check.expect_status;
+    let expected = if lo == hi {
+        lo.to_string()
+    } else {
+        format!("{lo}-{hi}")
+    };
     let mut ticker = tokio::time::interval(check.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -356,7 +361,7 @@ async fn watch(key: Key, check: HealthCheckConfig, verdict: &'static ActiveHealt
                 Ok(Ok(s)) => (
                     Outcome::BadStatus,
                     s,
-                    format!("status {s}, expected {lo}-{hi}"),
+                    format!("status {s}, expected {expected}"),
                 ),
             };
         match verdict.record(outcome, status, &check) {

@@ -167,6 +167,11 @@ impl Proxy {
     pub fn client(&self) -> Client {
         Client::connect(self.addr)
     }
+
+    /// What the proxy wrote to stderr so far (its log, at `warn`).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
 }
 
 impl Drop for Proxy {
