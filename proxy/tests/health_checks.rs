@@ -219,6 +219,18 @@ fn put(admin: &Admin, patch: Value) -> Value {
     r.json()
 }
 
+/// Thread names of a process (from /proc; the kernel keeps 15 bytes).
+fn threads(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+                .map(|name| name.trim().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 // ----------------------------------------------------------------- tests --
 
 #[test]
@@ -367,6 +379,9 @@ fn checks_are_off_by_default_and_send_no_probes() {
         "{config}"
     );
     assert!(!admin.get("/metrics").body.contains("health_check_up"));
+    assert!(!threads(p.pid())
+        .iter()
+        .any(|t| t.starts_with("speedmimi-heal")));
 }
 
 #[test]
@@ -442,6 +457,9 @@ fn a_patch_turns_checks_on_and_off_without_dropping_connections() {
         .get("path")
         .is_none());
     wait_state(&admin, b.addr, "down");
+    assert!(threads(p.pid())
+        .iter()
+        .any(|t| t.starts_with("speedmimi-heal")));
     // The connection opened before the change still serves, from a only.
     for _ in 0..10 {
         let r = client.get("/");

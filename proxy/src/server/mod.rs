@@ -173,10 +173,13 @@ impl Server {
                 }
             }
         }
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        // Under the lock: concurrent changes reach the prober in the order
+        // they take effect.
         if let Some(prober) = self.prober.get() {
             prober.update(&config);
         }
-        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = (raw, config);
+        *current = (raw, config);
         Ok(())
     }
 

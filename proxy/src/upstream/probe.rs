@@ -212,23 +212,76 @@ struct Task {
 struct Tasks {
     board: &'static Board,
     running: HashMap<Key, Task>,
-    /// Sequence of the last plan applied; an older one arriving late is dropped.
-    applied: u64,
 }
 
-/// The prober: its thread and runtime, and the plan of what to probe.
-/// Dropping it stops every probe (verdicts stay on the board as they were).
+/// The prober: follows the configuration and, once some upstream has a
+/// check, runs the probes on a thread and tokio runtime of its own (a
+/// proxy without checks runs no extra thread). Dropping it stops every
+/// probe; verdicts stay on the board as they were.
 pub struct Prober {
+    board: &'static Board,
+    running: Mutex<Option<Running>>,
+}
+
+struct Running {
     runtime: tokio::runtime::Handle,
     tasks: Arc<Mutex<Tasks>>,
-    sequence: AtomicU64,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Prober {
-    /// Starts the prober's thread and the checks `config` asks for.
+    /// Starts the checks `config` asks for.
     pub fn start(board: &'static Board, config: &Config) -> io::Result<Prober> {
+        let prober = Prober {
+            board,
+            running: Mutex::new(None),
+        };
+        prober.try_update(config)?;
+        Ok(prober)
+    }
+
+    /// Follows a new configuration: probes backends that gained a check,
+    /// stops those that lost it (their verdict turns `off`), restarts those
+    /// whose check changed (keeping the verdict). Returns at once; the
+    /// change is made on the prober's thread, in the order of the calls.
+    pub fn update(&self, config: &Config) {
+        if let Err(e) = self.try_update(config) {
+            tracing::error!("health checks not started: cannot start their thread: {e}");
+        }
+    }
+
+    fn try_update(&self, config: &Config) -> io::Result<()> {
+        let mut wanted: HashMap<Key, HealthCheckConfig> = HashMap::new();
+        for (name, u) in &config.upstreams {
+            if let Some(check) = &u.health_check {
+                for b in &u.backends {
+                    wanted.insert((name.clone(), b.addr), check.clone());
+                }
+            }
+        }
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let running = match &mut *running {
+            Some(r) => r,
+            None if wanted.is_empty() => return Ok(()),
+            none => none.insert(Running::start(self.board)?),
+        };
+        let tasks = running.tasks.clone();
+        // Applied on the runtime's thread: no probe is half-way through
+        // recording while its task is aborted and its verdict reset. Spawns
+        // made under the lock run in order (the runtime's queue is FIFO).
+        running.runtime.spawn(async move {
+            tasks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .apply(wanted);
+        });
+        Ok(())
+    }
+}
+
+impl Running {
+    fn start(board: &'static Board) -> io::Result<Running> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
@@ -241,45 +294,26 @@ impl Prober {
                 let _ = runtime.block_on(stopped);
                 runtime.shutdown_timeout(Duration::from_millis(100));
             })?;
-        let prober = Prober {
+        Ok(Running {
             runtime: handle,
             tasks: Arc::new(Mutex::new(Tasks {
                 board,
                 running: HashMap::new(),
-                applied: 0,
             })),
-            sequence: AtomicU64::new(0),
             stop: Some(stop),
             thread: Some(thread),
-        };
-        prober.update(config);
-        Ok(prober)
+        })
     }
+}
 
-    /// Follows a new configuration: probes backends that gained a check,
-    /// stops those that lost it (their verdict turns `off`), restarts those
-    /// whose check changed (keeping the verdict). Returns at once; the
-    /// change is made on the prober's thread, in order.
-    pub fn update(&self, config: &Config) {
-        let mut wanted: HashMap<Key, HealthCheckConfig> = HashMap::new();
-        for (name, u) in &config.upstreams {
-            if let Some(check) = &u.health_check {
-                for b in &u.backends {
-                    wanted.insert((name.clone(), b.addr), check.clone());
-                }
-            }
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
         }
-        let sequence = self.sequence.fetch_add(1, Relaxed) + 1;
-        let tasks = self.tasks.clone();
-        // Applied on the runtime's thread: no probe is half-way through
-        // recording while its task is aborted and its verdict reset.
-        self.runtime.spawn(async move {
-            let mut tasks = tasks.lock().unwrap_or_else(|e| e.into_inner());
-            if sequence > tasks.applied {
-                tasks.applied = sequence;
-                tasks.apply(wanted);
-            }
-        });
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -314,17 +348,6 @@ impl Tasks {
             }
             let handle = tokio::spawn(watch(key.clone(), check.clone(), v)).abort_handle();
             self.running.insert(key, Task { check, handle });
-        }
-    }
-}
-
-impl Drop for Prober {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
         }
     }
 }
