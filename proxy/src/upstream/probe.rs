@@ -465,6 +465,39 @@ mod tests {
         }
     }
 
+    /// `probe` against a listener that answers every connection with `answer`.
+    fn probe_answered_by(answer: Vec<u8>) -> Result<u16, (Outcome, String)> {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            if let Ok((mut s, _)) = listener.accept() {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(&answer);
+            }
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        runtime.block_on(probe(addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"))
+    }
+
+    #[test]
+    fn probes_read_the_status_or_say_why_not() {
+        let ok = probe_answered_by(b"HTTP/1.1 204 No Content\r\nX: y\r\n\r\n".to_vec());
+        assert_eq!(ok, Ok(204));
+        let garbage = probe_answered_by(b"SSH-2.0-OpenSSH\r\n\r\n".to_vec());
+        assert_eq!(garbage.unwrap_err().0, Outcome::Malformed);
+        let cut = probe_answered_by(b"HTTP/1.1 200 OK\r\nX: y".to_vec());
+        assert_eq!(cut.unwrap_err().0, Outcome::Malformed, "closed mid-head");
+        let mut huge = b"HTTP/1.1 200 OK\r\nX: ".to_vec();
+        huge.resize(MAX_HEAD + 100, b'a');
+        let huge = probe_answered_by(huge);
+        assert_eq!(huge.unwrap_err().0, Outcome::Malformed, "head too large");
+    }
+
     #[test]
     fn fall_failures_in_a_row_take_it_down_and_rise_successes_bring_it_back() {
         let board = Board::in_process();
