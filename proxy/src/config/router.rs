@@ -106,6 +106,9 @@ impl Router {
     /// `host` is the Host header as received (any case, maybe with a port);
     /// `path` the request target's path.
     pub fn route(&self, host: &[u8], path: &[u8]) -> Option<usize> {
+        if self.entries.is_empty() {
+            return self.default; // the common one-route config: nothing to match
+        }
         let host = normalize_host(host);
         self.entries
             .iter()
