@@ -10,6 +10,7 @@ mod event_loop;
 mod listener;
 mod proxy;
 mod queue;
+mod sockio;
 
 use std::io;
 use std::net::SocketAddr;

@@ -5,11 +5,12 @@
 //! Readiness is edge-triggered: `ready` flags remember that a socket may have
 //! more to give until a read or write comes back short or WouldBlock.
 
-use std::io::{self, IoSlice, Read, Write};
+use std::io;
 use std::time::Duration;
 
 use super::conn::{Entry, Exchange, Phase, HUP, READABLE, WRITABLE};
 use super::event_loop::{EventLoop, LINGER};
+use super::sockio;
 use crate::balancer::PickContext;
 use crate::http::body::{BodyScan, Framing};
 use crate::http::errors::Reject;
@@ -65,17 +66,6 @@ const MAX_FULL_SKIPPED: usize = 16;
 /// A response body this small is copied behind its head, so the two go out
 /// as one slice.
 const JOIN_BODY_MAX: usize = 1024;
-
-/// Writes `head` then `body`. One non-empty slice goes out with send(2);
-/// writev(2) costs the kernel an iovec import and the VFS write path on top,
-/// which is measurable on a path of four system calls per request.
-fn send_two(stream: &mut mio::net::TcpStream, head: &[u8], body: &[u8]) -> io::Result<usize> {
-    match (head.is_empty(), body.is_empty()) {
-        (_, true) => stream.write(head),
-        (true, false) => stream.write(body),
-        (false, false) => stream.write_vectored(&[IoSlice::new(head), IoSlice::new(body)]),
-    }
-}
 
 /// Moves a small pending response body behind the unsent response head
 /// (both then leave in one send); the body counts as handed over, and the
@@ -232,7 +222,7 @@ impl EventLoop {
         }
         let spare = buf.spare();
         let want = spare.len();
-        match c.stream.read(spare) {
+        match sockio::recv(&c.stream, spare) {
             Ok(0) => {
                 c.ready &= !READABLE;
                 ex.client_eof = true;
@@ -504,7 +494,7 @@ impl EventLoop {
             let body = ex.inbuf.as_ref().map_or(&[][..], |b| &b.data()[..body_len]);
             let total = head.len() + body.len();
             if total > 0 {
-                match send_two(&mut up.stream, head, body) {
+                match sockio::send_two(&mut up.stream, head, body) {
                     Ok(n) => {
                         let from_head = n.min(head.len());
                         ex.req_head_sent += from_head;
@@ -536,7 +526,7 @@ impl EventLoop {
             if buf.has_spare() {
                 let spare = buf.spare();
                 let want = spare.len();
-                match up.stream.read(spare) {
+                match sockio::recv(&up.stream, spare) {
                     Ok(0) => {
                         up.ready &= !READABLE;
                         ex.upstream_eof = true;
@@ -658,7 +648,7 @@ impl EventLoop {
         if total == 0 {
             return Step::Blocked;
         }
-        match send_two(&mut c.stream, head, body) {
+        match sockio::send_two(&mut c.stream, head, body) {
             Ok(n) => {
                 let from_head = n.min(head.len());
                 let from_body = n - from_head;
