@@ -21,6 +21,17 @@ pub(crate) fn list_tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|t| !t.is_empty())
 }
 
+/// Whether every header line of `head` ends in CRLF, as the head itself
+/// does: then kept lines can be copied as they came (a bare LF must be
+/// rewritten). `line_starts`: where each header line starts, in order.
+pub(crate) fn lines_end_in_crlf(head: &[u8], line_starts: impl Iterator<Item = usize>) -> bool {
+    head.ends_with(b"\r\n\r\n")
+        && line_starts
+            .skip(1)
+            .chain([head.len() - 2])
+            .all(|end| end >= 2 && &head[end - 2..end] == b"\r\n")
+}
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1) never forwarded as they are.
 pub(crate) fn is_hop_by_hop(name: &str) -> bool {
     const HOP: [&str; 8] = [

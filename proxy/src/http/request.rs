@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use super::body::Framing;
 use super::chunked::ChunkedDecoder;
 use super::errors::Reject;
-use super::{is_hop_by_hop, list_tokens, name_is, ConnectionTokens};
+use super::{is_hop_by_hop, lines_end_in_crlf, list_tokens, name_is, ConnectionTokens};
 use crate::buffer::Buf;
 
 /// Most header lines accepted in one request (431 beyond it).
@@ -444,28 +444,60 @@ pub fn write_upstream_head(
     fallback_host: &str,
 ) -> bool {
     let mut w = Writer { out, ok: true };
-    w.put(head.method_span.get(buf));
-    w.put(b" ");
-    let origin = head.origin.get(buf);
-    if !origin.starts_with(b"/") && origin != b"*" {
-        w.put(b"/"); // absolute-form without a path
+    // The request line goes out as it came when it already is origin-form
+    // HTTP/1.1 (httparse allows one space between its parts, nothing else).
+    let line_end = head.target.end as usize + b" HTTP/1.1\r\n".len();
+    let line_verbatim = !head.http10
+        && head.authority.is_none()
+        && head.method_span.start == 0
+        && head.origin.start == head.target.start
+        && head.origin.end == head.target.end
+        && buf.get(head.target.end as usize..line_end) == Some(b" HTTP/1.1\r\n");
+    if line_verbatim {
+        w.put(&buf[..line_end]);
+    } else {
+        w.put(head.method_span.get(buf));
+        w.put(b" ");
+        let origin = head.origin.get(buf);
+        if !origin.starts_with(b"/") && origin != b"*" {
+            w.put(b"/"); // absolute-form without a path
+        }
+        w.put(origin);
+        w.put(b" HTTP/1.1\r\n");
     }
-    w.put(origin);
-    w.put(b" HTTP/1.1\r\n");
     if let Some(authority) = head.authority {
         w.put(b"Host: ");
         w.put(authority.get(buf));
         w.put(b"\r\n");
     }
-    let mut xff_seen = false;
-    for line in &head.headers[..head.header_count] {
-        if line.forward {
+    let lines = &head.headers[..head.header_count];
+    let starts = lines.iter().map(|l| l.name.start as usize);
+    if lines_end_in_crlf(&buf[..head.head_len], starts) {
+        // Kept lines go out verbatim, a run of them in one copy.
+        let mut run_start = None;
+        for line in lines {
+            let start = line.name.start as usize;
+            match run_start {
+                None if line.forward => run_start = Some(start),
+                Some(from) if !line.forward => {
+                    w.put(&buf[from..start]);
+                    run_start = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(from) = run_start {
+            w.put(&buf[from..head.head_len - 2]);
+        }
+    } else {
+        for line in lines.iter().filter(|l| l.forward) {
             w.put(line.name.get(buf));
             w.put(b": ");
             w.put(line.value.get(buf));
             w.put(b"\r\n");
         }
     }
+    let mut xff_seen = false;
     if head.host.is_none() && head.authority.is_none() {
         w.put(b"Host: ");
         w.put(fallback_host.as_bytes());
@@ -501,37 +533,38 @@ pub fn write_upstream_head(
     w.ok
 }
 
-/// Writes an address without the formatting machinery (it runs per request).
+/// Writes an address without the formatting machinery (it runs per
+/// request), in one copy.
 fn put_ip(w: &mut Writer, ip: IpAddr) {
-    match ip {
+    let mut text = [0u8; 48];
+    let len = match ip {
         IpAddr::V4(v4) => {
+            let mut len = 0;
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    w.put(b".");
+                    text[len] = b'.';
+                    len += 1;
                 }
-                let digits = [
-                    b'0' + octet / 100,
-                    b'0' + octet / 10 % 10,
-                    b'0' + octet % 10,
-                ];
-                let skip = if octet >= 100 {
-                    0
-                } else if octet >= 10 {
-                    1
-                } else {
-                    2
-                };
-                w.put(&digits[skip..]);
+                if octet >= 100 {
+                    text[len] = b'0' + octet / 100;
+                    len += 1;
+                }
+                if octet >= 10 {
+                    text[len] = b'0' + octet / 10 % 10;
+                    len += 1;
+                }
+                text[len] = b'0' + octet % 10;
+                len += 1;
             }
+            len
         }
         IpAddr::V6(_) => {
-            let mut text = [0u8; 48];
             let mut cursor = &mut text[..];
             let _ = write!(cursor, "{ip}");
-            let len = 48 - cursor.len();
-            w.put(&text[..len]);
+            48 - cursor.len()
         }
-    }
+    };
+    w.put(&text[..len]);
 }
 
 /// Appends to a buffer and remembers whether everything fit.

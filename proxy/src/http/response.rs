@@ -5,7 +5,7 @@
 use super::body::Framing;
 use super::chunked::ChunkedDecoder;
 use super::request::Writer;
-use super::{is_hop_by_hop, list_tokens, name_is, ConnectionTokens};
+use super::{is_hop_by_hop, lines_end_in_crlf, list_tokens, name_is, ConnectionTokens};
 use crate::buffer::Buf;
 
 const MAX_RESPONSE_HEADERS: usize = 100;
@@ -214,20 +214,12 @@ struct HeaderLines {
 
 impl HeaderLines {
     fn of(buf: &[u8], head_len: usize, headers: &[httparse::Header]) -> Option<HeaderLines> {
-        if headers.is_empty() || !buf[..head_len].ends_with(b"\r\n\r\n") {
-            return None;
-        }
         let lines = HeaderLines {
             base: buf.as_ptr() as usize,
-            end_of_last: head_len - 2,
+            end_of_last: head_len.checked_sub(2)?,
         };
-        let ends = headers[1..]
-            .iter()
-            .map(|h| lines.start_of(h))
-            .chain([lines.end_of_last]);
-        ends.into_iter()
-            .all(|end| end >= 2 && &buf[end - 2..end] == b"\r\n")
-            .then_some(lines)
+        let starts = headers.iter().map(|h| lines.start_of(h));
+        (!headers.is_empty() && lines_end_in_crlf(&buf[..head_len], starts)).then_some(lines)
     }
 
     /// httparse hands out slices of the head: a header's name starts its line.
