@@ -8,11 +8,6 @@ pub mod errors;
 pub mod request;
 pub mod response;
 
-/// Header names compared case-insensitively.
-pub(crate) fn name_is(name: &str, lower: &str) -> bool {
-    name.eq_ignore_ascii_case(lower)
-}
-
 /// Iterates the comma-separated, trimmed, non-empty tokens of a list header.
 pub(crate) fn list_tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value
@@ -32,19 +27,67 @@ pub(crate) fn lines_end_in_crlf(head: &[u8], line_starts: impl Iterator<Item = u
             .all(|end| end >= 2 && &head[end - 2..end] == b"\r\n")
 }
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1) never forwarded as they are.
-pub(crate) fn is_hop_by_hop(name: &str) -> bool {
-    const HOP: [&str; 8] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-authenticate",
-    ];
-    HOP.iter().any(|h| name_is(name, h))
+/// The header names the proxy acts on. `classify` finds a name's kind with
+/// one switch on its length and at most two comparisons, instead of testing
+/// it against every name in turn (several headers per message, two messages
+/// per request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Name {
+    Host,
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    Upgrade,
+    Expect,
+    XForwardedFor,
+    XForwardedProto,
+    /// The other hop-by-hop headers (RFC 9110 §7.6.1): never forwarded.
+    HopByHop,
+    Other,
+}
+
+/// `bytes` equals the lower-case constant `lower` ignoring ASCII case, for
+/// header names and list tokens after httparse (no CR, no control bytes):
+/// among those bytes OR-ing in 0x20 folds only A–Z onto a–z, and a fold
+/// without early exit compiles to a few wide operations for a constant.
+#[inline(always)]
+fn eq_lower(bytes: &[u8], lower: &[u8]) -> bool {
+    bytes.len() == lower.len()
+        && bytes
+            .iter()
+            .zip(lower)
+            .fold(0, |diff, (&b, &l)| diff | ((b | 0x20) ^ l))
+            == 0
+}
+
+pub(crate) fn classify(name: &str) -> Name {
+    let is = |lower: &str| eq_lower(name.as_bytes(), lower.as_bytes());
+    match name.len() {
+        2 if is("te") => Name::HopByHop,
+        4 if is("host") => Name::Host,
+        6 if is("expect") => Name::Expect,
+        7 if is("upgrade") => Name::Upgrade,
+        7 if is("trailer") => Name::HopByHop,
+        10 if is("connection") => Name::Connection,
+        10 if is("keep-alive") => Name::HopByHop,
+        14 if is("content-length") => Name::ContentLength,
+        15 if is("x-forwarded-for") => Name::XForwardedFor,
+        16 if is("proxy-connection") => Name::HopByHop,
+        17 if is("transfer-encoding") => Name::TransferEncoding,
+        17 if is("x-forwarded-proto") => Name::XForwardedProto,
+        18 if is("proxy-authenticate") => Name::HopByHop,
+        _ => Name::Other,
+    }
+}
+
+impl Name {
+    /// Hop-by-hop headers (RFC 9110 §7.6.1) never forwarded as they are.
+    pub(crate) fn is_hop_by_hop(self) -> bool {
+        matches!(
+            self,
+            Name::Connection | Name::TransferEncoding | Name::Upgrade | Name::HopByHop
+        )
+    }
 }
 
 /// Up to this many distinct header names may be listed in `Connection`;
@@ -65,11 +108,11 @@ impl<'a> ConnectionTokens<'a> {
     /// Adds the tokens of one Connection header; false when there are too many.
     pub fn add(&mut self, value: &'a [u8]) -> bool {
         for t in list_tokens(value) {
-            if t.eq_ignore_ascii_case(b"close") {
+            if eq_lower(t, b"close") {
                 self.close = true;
-            } else if t.eq_ignore_ascii_case(b"keep-alive") {
+            } else if eq_lower(t, b"keep-alive") {
                 self.keep_alive = true;
-            } else if t.eq_ignore_ascii_case(b"upgrade") {
+            } else if eq_lower(t, b"upgrade") {
                 self.upgrade = true;
             } else {
                 if self.len == MAX_CONNECTION_TOKENS {
@@ -85,5 +128,82 @@ impl<'a> ConnectionTokens<'a> {
         self.tokens[..self.len]
             .iter()
             .any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eq_lower_is_case_insensitive_equality_on_token_bytes() {
+        let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        let constants: [&[u8]; 4] = [b"close", b"keep-alive", b"x-forwarded-proto", b"te"];
+        for lower in constants {
+            for i in 0..lower.len() {
+                for b in (0..=255u8).filter(|&b| token(b)) {
+                    let mut probe = lower.to_vec();
+                    probe[i] = b;
+                    assert_eq!(
+                        eq_lower(&probe, lower),
+                        probe.eq_ignore_ascii_case(lower),
+                        "{probe:?}"
+                    );
+                }
+            }
+            assert!(!eq_lower(&lower[1..], lower));
+        }
+    }
+
+    #[test]
+    fn classify_knows_each_name_in_any_case_and_nothing_else() {
+        let known = [
+            ("te", Name::HopByHop),
+            ("Host", Name::Host),
+            ("EXPECT", Name::Expect),
+            ("upgrade", Name::Upgrade),
+            ("Trailer", Name::HopByHop),
+            ("Connection", Name::Connection),
+            ("Keep-Alive", Name::HopByHop),
+            ("content-LENGTH", Name::ContentLength),
+            ("X-Forwarded-For", Name::XForwardedFor),
+            ("Proxy-Connection", Name::HopByHop),
+            ("Transfer-Encoding", Name::TransferEncoding),
+            ("x-forwarded-proto", Name::XForwardedProto),
+            ("Proxy-Authenticate", Name::HopByHop),
+        ];
+        for (name, kind) in known {
+            assert_eq!(classify(name), kind, "{name}");
+        }
+        for other in [
+            "",
+            "t",
+            "tx",
+            "hosts",
+            "content-type",
+            "x-forwarded-host",
+            "connectio",
+            "Via",
+        ] {
+            assert_eq!(classify(other), Name::Other, "{other}");
+        }
+        let hop: Vec<_> = known
+            .iter()
+            .filter(|(_, k)| k.is_hop_by_hop())
+            .map(|(n, _)| n.to_ascii_lowercase())
+            .collect();
+        assert_eq!(
+            hop,
+            [
+                "te",
+                "upgrade",
+                "trailer",
+                "connection",
+                "keep-alive",
+                "proxy-connection",
+                "transfer-encoding",
+                "proxy-authenticate"
+            ]
+        );
     }
 }

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use super::body::Framing;
 use super::chunked::ChunkedDecoder;
 use super::errors::Reject;
-use super::{is_hop_by_hop, lines_end_in_crlf, list_tokens, name_is, ConnectionTokens};
+use super::{classify, lines_end_in_crlf, list_tokens, ConnectionTokens, Name};
 use crate::buffer::Buf;
 
 /// Most header lines accepted in one request (431 beyond it).
@@ -227,46 +227,48 @@ pub fn parse_request_into(
     let mut saw_te = false;
     let mut expect_continue = false;
     let mut upgrade_value: Option<Span> = None;
-    for h in req.headers.iter() {
-        let name = h.name;
-        if name_is(name, "host") {
-            if host.is_some() {
-                return Err(Reject::BadRequest);
-            }
-            let empty_http10_host = http10 && h.value.is_empty();
-            if !(valid_host(h.value) || empty_http10_host) {
-                return Err(Reject::BadRequest);
-            }
-            host = Some(Span::of(buf, h.value));
-        } else if name_is(name, "content-length") {
-            let n = parse_content_length(h.value).ok_or(Reject::BadRequest)?;
-            if content_length.is_some_and(|prev| prev != n) {
-                return Err(Reject::BadRequest);
-            }
-            content_length = Some(n);
-        } else if name_is(name, "transfer-encoding") {
-            for coding in list_tokens(h.value) {
-                if chunked {
-                    // chunked must be the last coding, applied once
+    // Each name classified once; the forwarding pass below reuses it.
+    let mut names = [Name::Other; MAX_HEADERS];
+    for (h, kind) in req.headers.iter().zip(names.iter_mut()) {
+        *kind = classify(h.name);
+        match *kind {
+            Name::Host => {
+                if host.is_some() {
                     return Err(Reject::BadRequest);
                 }
-                if coding.eq_ignore_ascii_case(b"chunked") {
-                    chunked = true;
-                } else {
-                    return Err(Reject::NotImplemented);
+                let empty_http10_host = http10 && h.value.is_empty();
+                if !(valid_host(h.value) || empty_http10_host) {
+                    return Err(Reject::BadRequest);
                 }
+                host = Some(Span::of(buf, h.value));
             }
-            saw_te = true;
-        } else if name_is(name, "connection") {
-            if !conn.add(h.value) {
-                return Err(Reject::HeadersTooLarge);
+            Name::ContentLength => {
+                let n = parse_content_length(h.value).ok_or(Reject::BadRequest)?;
+                if content_length.is_some_and(|prev| prev != n) {
+                    return Err(Reject::BadRequest);
+                }
+                content_length = Some(n);
             }
-        } else if name_is(name, "expect") {
-            if h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
+            Name::TransferEncoding => {
+                for coding in list_tokens(h.value) {
+                    if chunked {
+                        // chunked must be the last coding, applied once
+                        return Err(Reject::BadRequest);
+                    }
+                    if coding.eq_ignore_ascii_case(b"chunked") {
+                        chunked = true;
+                    } else {
+                        return Err(Reject::NotImplemented);
+                    }
+                }
+                saw_te = true;
+            }
+            Name::Connection if !conn.add(h.value) => return Err(Reject::HeadersTooLarge),
+            Name::Expect if h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue") => {
                 expect_continue = true;
             }
-        } else if name_is(name, "upgrade") {
-            upgrade_value = Some(Span::of(buf, h.value));
+            Name::Upgrade => upgrade_value = Some(Span::of(buf, h.value)),
+            _ => {}
         }
     }
     if saw_te && (!chunked || content_length.is_some() || http10) {
@@ -294,13 +296,13 @@ pub fn parse_request_into(
         !conn.close
     };
 
-    for (line, h) in out.headers.iter_mut().zip(req.headers.iter()) {
-        let xff = name_is(h.name, "x-forwarded-for");
-        let forward = !(is_hop_by_hop(h.name)
+    for ((line, h), &name) in out.headers.iter_mut().zip(req.headers.iter()).zip(&names) {
+        let xff = name == Name::XForwardedFor;
+        let forward = !(name.is_hop_by_hop()
             || conn.names(h.name)
             || xff
-            || name_is(h.name, "x-forwarded-proto")
-            || (authority.is_some() && name_is(h.name, "host")));
+            || name == Name::XForwardedProto
+            || (authority.is_some() && name == Name::Host));
         *line = HeaderLine {
             name: Span::of(buf, h.name.as_bytes()),
             value: Span::of(buf, h.value),

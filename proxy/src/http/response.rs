@@ -5,7 +5,7 @@
 use super::body::Framing;
 use super::chunked::ChunkedDecoder;
 use super::request::Writer;
-use super::{is_hop_by_hop, lines_end_in_crlf, list_tokens, name_is, ConnectionTokens};
+use super::{classify, lines_end_in_crlf, list_tokens, ConnectionTokens, Name};
 use crate::buffer::Buf;
 
 const MAX_RESPONSE_HEADERS: usize = 100;
@@ -55,7 +55,8 @@ pub fn parse_and_rewrite(
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(Garbage),
     };
-    if buf[..head_len].contains(&0) {
+    // memchr's vector search, not the slice's word-at-a-time `contains`.
+    if memchr::memchr(0, &buf[..head_len]).is_some() {
         return Err(Garbage);
     }
     let status = resp.code.ok_or(Garbage)?;
@@ -66,8 +67,12 @@ pub fn parse_and_rewrite(
     let mut content_length: Option<u64> = None;
     let mut te_chunked = None::<bool>;
     let mut te_other_coding = false;
-    for h in resp.headers.iter() {
-        if name_is(h.name, "content-length") {
+    // Each name classified once; the rewriting pass below reuses it.
+    let mut names = [Name::Other; MAX_RESPONSE_HEADERS];
+    for (h, kind) in resp.headers.iter().zip(names.iter_mut()) {
+        let name = classify(h.name);
+        *kind = name;
+        if name == Name::ContentLength {
             let v = h.value.trim_ascii();
             if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
                 return Err(Garbage);
@@ -77,11 +82,11 @@ pub fn parse_and_rewrite(
                 return Err(Garbage);
             }
             content_length = Some(n);
-        } else if name_is(h.name, "transfer-encoding") {
+        } else if name == Name::TransferEncoding {
             let last = list_tokens(h.value).last();
             te_chunked = Some(last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")));
             te_other_coding |= list_tokens(h.value).any(|t| !t.eq_ignore_ascii_case(b"chunked"));
-        } else if name_is(h.name, "connection") && !conn.add(h.value) {
+        } else if name == Name::Connection && !conn.add(h.value) {
             return Err(Garbage);
         }
     }
@@ -142,13 +147,13 @@ pub fn parse_and_rewrite(
         w.put(b"\r\n");
         let lines = HeaderLines::of(buf, head_len, resp.headers);
         let mut run_start = None;
-        for h in resp.headers.iter() {
+        for (h, &name) in resp.headers.iter().zip(&names) {
             // Transfer-Encoding is hop-by-hop, but the body goes on coded as
             // it came (unless chunked is stripped for HTTP/1.0): say so.
-            let keep_te = name_is(h.name, "transfer-encoding") && !strip_chunked;
-            let drop = (is_hop_by_hop(h.name) && !keep_te)
+            let keep_te = name == Name::TransferEncoding && !strip_chunked;
+            let drop = (name.is_hop_by_hop() && !keep_te)
                 || conn.names(h.name)
-                || (te_chunked.is_some() && name_is(h.name, "content-length"));
+                || (te_chunked.is_some() && name == Name::ContentLength);
             match &lines {
                 // Kept lines go out verbatim, a run of them in one copy.
                 Some(lines) if drop => {
@@ -174,7 +179,11 @@ pub fn parse_and_rewrite(
         w.put(b"Via: 1.1 speedmimi\r\n");
         if switching {
             w.put(b"Connection: upgrade\r\n");
-            if let Some(up) = resp.headers.iter().find(|h| name_is(h.name, "upgrade")) {
+            if let Some(up) = resp
+                .headers
+                .iter()
+                .find(|h| classify(h.name) == Name::Upgrade)
+            {
                 w.put(b"Upgrade: ");
                 w.put(up.value);
                 w.put(b"\r\n");
