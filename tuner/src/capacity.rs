@@ -14,9 +14,34 @@ use std::path::Path;
 pub const KERNEL_BYTES_PER_CONN: f64 = 2800.0;
 /// The proxy's user-space budget per idle client connection (DESIGN.md).
 pub const USER_BYTES_PER_CONN: f64 = 256.0;
-/// Proxy CPU per request: a placeholder between the measured bare forwarder
-/// (19-21 µs) and nginx as a proxy (27-33 µs) until our own figures land.
-pub const CPU_US_PER_REQUEST: f64 = 25.0;
+/// speedmimi's CPU per request by open connections, measured on the 2-core AMD
+/// EPYC VM these machines are (README: the peers table at 100 and 5,000
+/// connections, one event loop; `make bench` at 10,000, two processes). It
+/// grows with the connections: more sockets, colder caches.
+pub const MEASURED_CPU_US: [(u64, f64); 3] = [(100, 12.6), (5_000, 17.1), (10_000, 22.1)];
+
+/// CPU per request for `connections`: interpolated on log(connections)
+/// between the measured points, the nearest one outside them.
+pub fn measured_cpu_us(connections: u64) -> f64 {
+    let (first, last) = (
+        MEASURED_CPU_US[0],
+        MEASURED_CPU_US[MEASURED_CPU_US.len() - 1],
+    );
+    if connections <= first.0 {
+        return first.1;
+    }
+    if connections >= last.0 {
+        return last.1;
+    }
+    let x = (connections as f64).ln();
+    MEASURED_CPU_US
+        .windows(2)
+        .find(|w| connections <= w[1].0)
+        .map_or(last.1, |w| {
+            let (x0, x1) = ((w[0].0 as f64).ln(), (w[1].0 as f64).ln());
+            w[0].1 + (w[1].1 - w[0].1) * (x - x0) / (x1 - x0)
+        })
+}
 /// Spare descriptors per process beyond client sockets: upstream pool, listeners,
 /// epoll, logs, accept bursts.
 pub const FD_HEADROOM: f64 = 0.10;
@@ -57,8 +82,9 @@ pub struct Costs {
     pub measured_rps: Option<f64>,
 }
 
-impl Default for Costs {
-    fn default() -> Costs {
+impl Costs {
+    /// The built-in per-connection costs, CPU for `connections` open ones.
+    pub fn for_connections(connections: u64) -> Costs {
         Costs {
             kernel_bytes_per_conn: Cost {
                 value: KERNEL_BYTES_PER_CONN,
@@ -68,12 +94,24 @@ impl Default for Costs {
             user_bytes_per_conn: Cost {
                 value: USER_BYTES_PER_CONN,
                 unit: "B",
-                source: "budget: proxy user space per idle connection (DESIGN.md)".into(),
+                source: "budget: proxy user space per idle connection (DESIGN.md); measured \
+                         99 B at 15,000 idle, 131-153 B at 100,000-1,000,000 held (README)"
+                    .into(),
             },
             cpu_us_per_request: Cost {
-                value: CPU_US_PER_REQUEST,
+                value: measured_cpu_us(connections),
                 unit: "µs",
-                source: "PLACEHOLDER until the proxy's benchmark figures land (forwarder 19-21 µs, nginx 27-33 µs)".into(),
+                source: format!(
+                    "measured: speedmimi on a 2-core AMD EPYC VM, 12.6 µs at 100 connections, \
+                     17.1 at 5,000, 22.1 at 10,000 (README); {} for {} \
+                     (give --results for your machine's figure)",
+                    if connections > MEASURED_CPU_US[2].0 {
+                        "the 10,000 figure, the largest measured under load,"
+                    } else {
+                        "interpolated"
+                    },
+                    output::count(connections)
+                ),
             },
             measured_rps: None,
         }
@@ -101,7 +139,7 @@ const KERNEL: &[&str] = &["kernel_bytes_per_conn", "kernel_bytes_per_socket"];
 
 /// Read per-connection costs from a loadgen/bench JSON file. Tolerant: fields may
 /// sit at any depth, be numbers or numeric strings; missing ones keep the defaults.
-pub fn read_results(path: &Path) -> Result<Costs, CapacityError> {
+pub fn read_results(path: &Path, connections: u64) -> Result<Costs, CapacityError> {
     let p = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| CapacityError::Read {
         path: p.clone(),
@@ -112,7 +150,7 @@ pub fn read_results(path: &Path) -> Result<Costs, CapacityError> {
             path: p.clone(),
             source,
         })?;
-    let mut c = Costs::default();
+    let mut c = Costs::for_connections(connections);
     let from = |name: &str| format!("results file {p} ({name})");
     if let Some((name, x)) = find(&v, CPU_US) {
         c.cpu_us_per_request = Cost {
@@ -527,8 +565,12 @@ pub fn plan(
                     "{} req/s x {:.1} µs{}",
                     output::count(rps.unwrap_or(0.0) as u64),
                     costs.cpu_us_per_request.value,
-                    if costs.cpu_us_per_request.source.starts_with("PLACEHOLDER") {
-                        " (placeholder)"
+                    if costs
+                        .cpu_us_per_request
+                        .source
+                        .starts_with("measured: speedmimi")
+                    {
+                        " (built-in figure)"
                     } else {
                         ""
                     }
@@ -619,7 +661,8 @@ pub fn render(p: &Plan, style: Style) -> String {
     ] {
         c.row(vec![
             name.into(),
-            format!("{} {}", cost.value, cost.unit).into(),
+            // At most one decimal: interpolated figures are not that precise.
+            format!("{} {}", (cost.value * 10.0).round() / 10.0, cost.unit).into(),
             cost.source.clone().into(),
         ]);
     }
@@ -654,10 +697,22 @@ mod tests {
                "proxy":{"cpu_seconds":3.0,"requests":100000,"rss_bytes_per_conn":180}}"#,
         )
         .unwrap();
-        let c = read_results(&f).unwrap();
+        let c = read_results(&f, 1000).unwrap();
         assert_eq!(c.measured_rps, Some(12000.5));
         assert!((c.cpu_us_per_request.value - 30.0).abs() < 1e-9);
         assert_eq!(c.user_bytes_per_conn.value, 180.0);
         assert_eq!(c.kernel_bytes_per_conn.value, KERNEL_BYTES_PER_CONN);
+    }
+
+    #[test]
+    fn built_in_cpu_follows_the_measured_points() {
+        assert_eq!(measured_cpu_us(1), 12.6);
+        assert_eq!(measured_cpu_us(100), 12.6);
+        assert!((measured_cpu_us(5_000) - 17.1).abs() < 1e-9);
+        assert_eq!(measured_cpu_us(10_000), 22.1);
+        assert_eq!(measured_cpu_us(1_000_000), 22.1);
+        let mid = measured_cpu_us(1_000);
+        assert!(mid > 12.6 && mid < 17.1, "{mid}");
+        assert!(measured_cpu_us(7_000) > 17.1 && measured_cpu_us(7_000) < 22.1);
     }
 }

@@ -254,11 +254,11 @@ pub fn run(cli: Cli) -> i32 {
                 Err(code) => return code,
             };
             let costs = match results {
-                Some(f) => match capacity::read_results(f) {
+                Some(f) => match capacity::read_results(f, *connections) {
                     Ok(c) => c,
                     Err(e) => return usage(e),
                 },
-                None => Costs::default(),
+                None => Costs::for_connections(*connections),
             };
             let facts = show::gather(&roots);
             let req = Request {
