@@ -384,6 +384,32 @@ fn checks_are_off_by_default_and_send_no_probes() {
         .any(|t| t.starts_with("speedmimi-heal")));
 }
 
+/// TCP sockets on this host in TIME_WAIT with `port` at either end.
+fn time_wait_with(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let port_of = |addr: &str| u16::from_str_radix(addr.rsplit(':').next().unwrap_or(""), 16).ok();
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            f.len() > 3
+                && f[3] == "06"
+                && (port_of(f[1]) == Some(port) || port_of(f[2]) == Some(port))
+        })
+        .count()
+}
+
+#[test]
+fn probes_leave_no_time_wait_sockets() {
+    let a = CheckedBackend::start("a");
+    let check = "{ interval: 20ms, timeout: 1s, rise: 1, fall: 1 }";
+    let _p = Proxy::start(&yaml(&[a.addr], Some(check)));
+    wait_for("10 probes", || a.probes() >= 10);
+    // Each probe's connection was reset, not closed: nothing lingers for 60 s.
+    assert_eq!(time_wait_with(a.addr.port()), 0);
+}
+
 #[test]
 fn bad_health_check_fields_are_refused_naming_the_field() {
     let a = CheckedBackend::start("a");

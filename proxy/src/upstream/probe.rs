@@ -411,6 +411,9 @@ async fn probe(addr: SocketAddr, request: &[u8]) -> Result<u16, (Outcome, String
         .await
         .map_err(|e| (Outcome::ConnectFailed, format!("connect: {e}")))?;
     let _ = stream.set_nodelay(true);
+    // Closed with a reset once the head is read: a probe every interval to
+    // every backend would otherwise leave a TIME_WAIT socket per probe.
+    let _ = stream.set_zero_linger();
     stream
         .write_all(request)
         .await
