@@ -8,18 +8,6 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-/// The backend ids answering `n` sequential requests on one connection.
-fn sequence(p: &Proxy, n: usize) -> Vec<String> {
-    let mut c = p.client();
-    (0..n)
-        .map(|_| {
-            let r = c.get("/");
-            assert_eq!(r.status, 200, "{}", r.head);
-            r.text()
-        })
-        .collect()
-}
-
 fn counts(seq: &[String]) -> HashMap<String, usize> {
     let mut m = HashMap::new();
     for id in seq {
@@ -36,7 +24,7 @@ fn round_robin_spreads_evenly() {
         .collect();
     let addrs: Vec<_> = bs.iter().map(|b| b.addr).collect();
     let p = Cfg::new(&addrs).balancer("round_robin").start();
-    let seq = sequence(&p, 30);
+    let seq = p.answer_ids(30);
     let m = counts(&seq);
     for id in ["a", "b", "c"] {
         assert_eq!(m.get(id), Some(&10), "{seq:?}");
@@ -64,7 +52,7 @@ fn weight_5_1_1_gives_smooth_sequence() {
     let p = Cfg::weighted(&[(a.addr, 5), (b.addr, 1), (c.addr, 1)])
         .balancer("weight")
         .start();
-    let seq = sequence(&p, 14);
+    let seq = p.answer_ids(14);
     let want: Vec<&str> = "a a b a c a a a a b a c a a".split(' ').collect();
     assert_eq!(seq, want);
 }
@@ -112,7 +100,7 @@ fn least_conn_uses_every_backend_when_idle() {
         .collect();
     let addrs: Vec<_> = bs.iter().map(|b| b.addr).collect();
     let p = Cfg::new(&addrs).balancer("least_conn").start();
-    let m = counts(&sequence(&p, 30));
+    let m = counts(&p.answer_ids(30));
     for id in ["a", "b", "c"] {
         assert!(m.get(id).copied().unwrap_or(0) > 0, "{m:?}");
     }
@@ -169,7 +157,7 @@ fn ip_hash_same_client_same_backend_across_requests_on_one_connection() {
         .collect();
     let addrs: Vec<_> = bs.iter().map(|b| b.addr).collect();
     let p = Cfg::new(&addrs).balancer("ip_hash").start();
-    let seq = sequence(&p, 20);
+    let seq = p.answer_ids(20);
     assert!(seq.iter().all(|i| *i == seq[0]), "{seq:?}");
 }
 
@@ -206,7 +194,7 @@ fn p2c_prefers_fast_backend() {
     let fast = Backend::start("fast");
     let slow = Backend::start_with_delay("slow", Duration::from_millis(40));
     let p = Cfg::new(&[fast.addr, slow.addr]).balancer("p2c").start();
-    let seq = sequence(&p, 60);
+    let seq = p.answer_ids(60);
     let m = counts(&seq);
     let (f, s) = (
         m.get("fast").copied().unwrap_or(0),
@@ -249,7 +237,7 @@ fn backend_returns_to_rotation_after_fail_timeout() {
     // It comes back up; after fail_timeout it gets its share again.
     let back = Backend::start_on("back", down);
     std::thread::sleep(Duration::from_millis(400));
-    let seq = sequence(&p, 10);
+    let seq = p.answer_ids(10);
     assert!(seq.iter().any(|id| id == "back"), "{seq:?}");
     assert!(back.requests() > 0);
 }

@@ -188,18 +188,6 @@ fn wait_state(admin: &Admin, addr: SocketAddr, state: &str) {
     });
 }
 
-/// Backend ids answering `n` requests on one keep-alive connection.
-fn answers(p: &Proxy, n: usize) -> Vec<String> {
-    let mut c = p.client();
-    (0..n)
-        .map(|_| {
-            let r = c.get("/");
-            assert_eq!(r.status, 200, "{}", r.head);
-            r.text()
-        })
-        .collect()
-}
-
 /// The value of the metrics line of `family` for `addr` (and `extra` label).
 fn metric(admin: &Admin, family: &str, addr: SocketAddr, extra: &str) -> Option<String> {
     let text = admin.get("/metrics").body;
@@ -269,7 +257,7 @@ fn a_backend_answering_500_leaves_rotation_after_fall_probes_and_returns_after_r
     assert_eq!(backend(&admin, a.addr)["active_check"]["state"], "up");
 
     let before = b.served();
-    let ids = answers(&p, 20);
+    let ids = p.answer_ids(20);
     assert!(ids.iter().all(|id| id == "a"), "{ids:?}");
     assert_eq!(b.served(), before, "no client request reached b while down");
 
@@ -299,7 +287,7 @@ fn a_backend_answering_500_leaves_rotation_after_fall_probes_and_returns_after_r
     wait_state(&admin, b.addr, "up");
     assert!(backend(&admin, b.addr)["active_check"]["consecutive_successes"].as_u64() >= Some(2));
     wait_for("b back in rotation", || {
-        answers(&p, 4).iter().any(|id| id == "b")
+        p.answer_ids(4).iter().any(|id| id == "b")
     });
     assert!(p.log().contains("is up again"), "{}", p.log());
 }
@@ -315,7 +303,7 @@ fn a_backend_that_closes_probes_without_answering_is_marked_down() {
     let check = backend(&admin, b.addr)["active_check"].clone();
     assert_eq!(check["last_result"], "malformed_response", "{check}");
     assert_eq!(check["last_status"], Value::Null, "{check}");
-    let ids = answers(&p, 10);
+    let ids = p.answer_ids(10);
     assert!(ids.iter().all(|id| id == "a"), "{ids:?}");
 }
 
@@ -332,7 +320,7 @@ fn a_backend_that_times_out_on_probes_is_marked_down() {
     wait_state(&admin, b.addr, "down");
     let check = backend(&admin, b.addr)["active_check"].clone();
     assert_eq!(check["last_result"], "timeout", "{check}");
-    let ids = answers(&p, 10);
+    let ids = p.answer_ids(10);
     assert!(ids.iter().all(|id| id == "a"), "{ids:?}");
     b.set(Mode::Ok);
     wait_state(&admin, b.addr, "up");
@@ -355,7 +343,7 @@ fn every_backend_down_answers_503() {
     assert_eq!(a.served() + b.served(), served, "no backend was tried");
     a.set(Mode::Ok);
     wait_state(&admin, a.addr, "up");
-    let ids = answers(&p, 4);
+    let ids = p.answer_ids(4);
     assert!(ids.iter().all(|id| id == "a"), "{ids:?}");
 }
 
@@ -366,7 +354,7 @@ fn checks_are_off_by_default_and_send_no_probes() {
     b.set(Mode::Error);
     let p = Proxy::start(&yaml(&[a.addr, b.addr], None));
     let admin = p.admin();
-    let ids = answers(&p, 10);
+    let ids = p.answer_ids(10);
     assert_eq!(ids.iter().filter(|id| *id == "b").count(), 5, "{ids:?}");
     // The default interval is 2 s and a check probes at once when it starts.
     thread::sleep(Duration::from_millis(300));

@@ -197,26 +197,44 @@ impl Serialize for Size {
 
 impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Size;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a size in bytes or text such as 16KiB")
-            }
-            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Size, E> {
-                Ok(Size::Bytes(n))
-            }
-            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Size, E> {
-                u64::try_from(n)
-                    .map(Size::Bytes)
-                    .map_err(|_| E::custom(format!("negative size {n}")))
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Size, E> {
-                Ok(Size::Text(s.to_string()))
-            }
-        }
-        d.deserialize_any(V)
+        Ok(
+            match number_or_text(d, "size", "a size in bytes or text such as 16KiB")? {
+                Ok(n) => Size::Bytes(n),
+                Err(text) => Size::Text(text),
+            },
+        )
     }
+}
+
+/// A field written as a whole number or as text, the text kept as written
+/// for validation to parse; `noun` names a negative number in the error.
+fn number_or_text<'de, D: Deserializer<'de>>(
+    d: D,
+    noun: &'static str,
+    expecting: &'static str,
+) -> Result<Result<u64, String>, D::Error> {
+    struct V {
+        noun: &'static str,
+        expecting: &'static str,
+    }
+    impl Visitor<'_> for V {
+        type Value = Result<u64, String>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str(self.expecting)
+        }
+        fn visit_u64<E: de::Error>(self, n: u64) -> Result<Self::Value, E> {
+            Ok(Ok(n))
+        }
+        fn visit_i64<E: de::Error>(self, n: i64) -> Result<Self::Value, E> {
+            u64::try_from(n)
+                .map(Ok)
+                .map_err(|_| E::custom(format!("negative {} {n}", self.noun)))
+        }
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+            Ok(Err(s.to_string()))
+        }
+    }
+    d.deserialize_any(V { noun, expecting })
 }
 
 /// `expect_status`: one code (`200`) or a range as text (`"200-399"`);
@@ -238,24 +256,10 @@ impl Serialize for ExpectStatus {
 
 impl<'de> Deserialize<'de> for ExpectStatus {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = ExpectStatus;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a status code such as 200 or a range such as \"200-399\"")
-            }
-            fn visit_u64<E: de::Error>(self, n: u64) -> Result<ExpectStatus, E> {
-                Ok(ExpectStatus::Code(n))
-            }
-            fn visit_i64<E: de::Error>(self, n: i64) -> Result<ExpectStatus, E> {
-                u64::try_from(n)
-                    .map(ExpectStatus::Code)
-                    .map_err(|_| E::custom(format!("negative status {n}")))
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<ExpectStatus, E> {
-                Ok(ExpectStatus::Text(s.to_string()))
-            }
-        }
-        d.deserialize_any(V)
+        let expecting = "a status code such as 200 or a range such as \"200-399\"";
+        Ok(match number_or_text(d, "status", expecting)? {
+            Ok(n) => ExpectStatus::Code(n),
+            Err(text) => ExpectStatus::Text(text),
+        })
     }
 }

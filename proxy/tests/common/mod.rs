@@ -168,6 +168,19 @@ impl Proxy {
         Client::connect(self.addr)
     }
 
+    /// The bodies (the ids of the backends that answered) of `n` sequential
+    /// `GET /` on one keep-alive connection, each asserted 200.
+    pub fn answer_ids(&self, n: usize) -> Vec<String> {
+        let mut c = self.client();
+        (0..n)
+            .map(|_| {
+                let r = c.get("/");
+                assert_eq!(r.status, 200, "{}", r.head);
+                r.text()
+            })
+            .collect()
+    }
+
     /// What the proxy wrote to stderr so far (its log, at `warn`).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log.path()).unwrap_or_default()
