@@ -13,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod http;
 pub mod lifecycle;
+pub mod profiler;
 pub mod server;
 pub mod stats;
 pub mod timer;

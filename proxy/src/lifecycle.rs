@@ -7,7 +7,8 @@
 //! the same port (SO_REUSEPORT). They share a counter board in /dev/shm so
 //! the master's admin API reports exact sums. A configuration change is
 //! written to a file beside the board and announced by bumping the board's
-//! generation; each worker applies it and acknowledges in its slot.
+//! generation; each worker applies it and acknowledges in its slot. A CPU
+//! profile is asked of the workers the same way (`profiler::relay`).
 
 use std::io;
 use std::net::SocketAddr;
@@ -24,6 +25,7 @@ use crate::config::{Config, RawConfig};
 use crate::control::board::{Board, MAX_PROCESSES};
 use crate::control::snapshot::{self, RateMeter};
 use crate::control::{ApplyError, BackendSnapshot, ControlPlane, ServerSnapshot};
+use crate::profiler::relay::{self, WorkerProfile};
 use crate::server::{refuse_restart_only_changes, Server};
 use crate::upstream::probe::Prober;
 
@@ -131,6 +133,9 @@ pub fn run_worker(
     let graceful = config.server.graceful_timeout;
     let server = Server::start(raw, config, board, index)?;
     slot.applied_generation.store(generation, Relaxed);
+    // Before the pid is published: a profile asked of this pid must be
+    // one this worker answers.
+    let mut profiles = relay::Responder::new(board, board_path, index);
     slot.pid.store(std::process::id(), Release);
     let signals = Signals::new([SIGTERM, SIGINT])?;
     let handle = signals.handle();
@@ -154,6 +159,7 @@ pub fn run_worker(
             2 => std::process::exit(130),
             _ => {}
         }
+        profiles.poll();
         let wanted = board.generation.load(Acquire);
         if wanted != applied {
             applied = wanted;
@@ -357,6 +363,26 @@ impl ControlPlane for Master {
             .clone();
         config.upstreams.keys().cloned().collect()
     }
+
+    fn worker_processes(&self) -> usize {
+        self.processes
+    }
+
+    fn profile_workers(
+        &self,
+        seconds: u64,
+        only: Option<usize>,
+        stopping: &dyn Fn() -> bool,
+    ) -> Vec<WorkerProfile> {
+        relay::collect(
+            self.board,
+            &self.board_path,
+            self.processes,
+            only,
+            seconds,
+            stopping,
+        )
+    }
 }
 
 use std::sync::atomic::Ordering::AcqRel;
@@ -394,6 +420,7 @@ fn run_master(
         prober: std::sync::OnceLock::new(),
     });
     let cleanup = scopeguard(move || {
+        relay::sweep(&board_path);
         let _ = std::fs::remove_file(&board_path);
         let _ = std::fs::remove_file(&config_path);
     });

@@ -148,8 +148,27 @@ fn run(
         }
         Route::Profile => {
             let seconds = profile::seconds(query)?;
-            let gz = profile::profile(state, seconds)?;
-            Ok(with_type(gz.into(), "application/octet-stream"))
+            let worker = profile::worker(query, state.plane.worker_processes())?;
+            let profiled = profile::profile(state, seconds, worker)?;
+            let mut answer = with_type(profiled.gz.into(), "application/octet-stream");
+            // Which workers the samples come from, and which sent none.
+            let headers = answer.headers_mut();
+            if !profiled.workers.is_empty() {
+                let list: Vec<String> = profiled.workers.iter().map(usize::to_string).collect();
+                if let Ok(v) = HeaderValue::from_str(&list.join(",")) {
+                    headers.insert("x-profile-workers", v);
+                }
+            }
+            if !profiled.missing.is_empty() {
+                let text = profiled
+                    .missing
+                    .join("; ")
+                    .replace(|c: char| !c.is_ascii() || c.is_ascii_control(), "?");
+                if let Ok(v) = HeaderValue::from_str(&text) {
+                    headers.insert("x-profile-missing", v);
+                }
+            }
+            Ok(answer)
         }
     }
 }

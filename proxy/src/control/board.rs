@@ -13,6 +13,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
 
 use super::{Histogram, LATENCY_BUCKETS};
+use crate::profiler::relay::ProfileRequest;
 use crate::stats::LoopStats;
 use crate::upstream::probe::ActiveHealth;
 
@@ -119,6 +120,8 @@ pub struct Board {
     pub processes: [ProcessSlot; MAX_PROCESSES],
     loops: [LoopStats; MAX_PROCESSES * MAX_LOOPS],
     backends: [BackendSlot; MAX_BACKENDS],
+    /// The CPU profile the master last asked of its workers.
+    pub profile: ProfileRequest,
 }
 
 impl Board {

@@ -108,4 +108,22 @@ pub trait ControlPlane: Send + Sync + 'static {
     /// Backends of one upstream, or `None` when there is no such upstream.
     fn backends(&self, upstream: &str) -> Option<Vec<BackendSnapshot>>;
     fn upstreams(&self) -> Vec<String>;
+    /// Worker processes that carry the traffic; 0 when this process
+    /// carries it itself (and profiles itself).
+    fn worker_processes(&self) -> usize {
+        0
+    }
+    /// Has the worker processes (all, or only worker `only`) profile their
+    /// CPU for `seconds`: one entry per worker asked, its profile or why
+    /// there is none. Bounded wait (`profiler::relay::GRACE` past
+    /// `seconds`), shortened when `stopping` says so.
+    fn profile_workers(
+        &self,
+        seconds: u64,
+        only: Option<usize>,
+        stopping: &dyn Fn() -> bool,
+    ) -> Vec<crate::profiler::relay::WorkerProfile> {
+        let _ = (seconds, only, stopping);
+        Vec::new()
+    }
 }
