@@ -244,3 +244,51 @@ fn has_thread(pid: u32, name: &str) -> bool {
         .flatten()
         .any(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
 }
+
+#[test]
+fn a_worker_that_does_not_answer_is_named_after_a_bounded_wait() {
+    let b = Backend::start("a");
+    let p = two_processes(&b);
+    let admin = p.admin_addr();
+    let kids = children_of(p.pid());
+    let first = std::thread::spawn(move || get(admin, "/debug/pprof/profile?seconds=1"));
+    wait_until("both workers sampling", || {
+        kids.iter().all(|&w| has_thread(w, "speedmimi-profi"))
+    });
+    // A stopped worker neither answers nor exits: the master gives up
+    // after seconds + 5 s and serves the other worker's samples.
+    let frozen = kids[1];
+    signal(frozen, "STOP");
+    let r = first.join().unwrap();
+    signal(frozen, "CONT");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let missing = r.header("x-profile-missing").unwrap_or_default();
+    assert!(
+        missing.contains(&format!("(pid {frozen}): did not answer within 6 s")),
+        "{:?}",
+        r.headers
+    );
+    assert_eq!(r.header("x-profile-workers").map(|w| w.len()), Some(1));
+    // Woken, it drops the profile the master gave up on and takes the next.
+    wait_until("the late profile thread to end", || {
+        !has_thread(frozen, "speedmimi-profi")
+    });
+    let r = get(admin, "/debug/pprof/profile?seconds=1");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.header("x-profile-workers"),
+        Some("0,1"),
+        "{:?}",
+        r.headers
+    );
+    let leftover = std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("speedmimi-{}.profile-", p.pid()))
+        })
+        .count();
+    assert_eq!(leftover, 0);
+}
