@@ -122,9 +122,11 @@ fn take_in_workers(state: &State, seconds: u64, only: Option<usize>) -> Result<P
                 parts.push(Part {
                     profile,
                     tags: vec![
-                        // Numbers, so that `-tagfocus=worker=1` matches.
-                        Tag::Num("worker", a.index as i64),
-                        Tag::Num("pid", i64::from(a.pid)),
+                        // Numbers, so that `-tagfocus=worker=1` matches
+                        // (a string "1" would be read as a range); the unit
+                        // keeps worker 0 from being dropped.
+                        Tag::Num("worker", a.index as i64, "index"),
+                        Tag::Num("pid", i64::from(a.pid), ""),
                     ],
                 });
                 workers.push(a.index);

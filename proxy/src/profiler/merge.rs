@@ -11,11 +11,14 @@ use pprof::protos::{Function, Label, Line, Location, Mapping, Sample, ValueType}
 
 use super::{Profile, ProfileError};
 
-/// A label added to every sample of one part, e.g. `worker="1"`, `pid=4242`.
+/// A label added to every sample of one part, e.g. `thread="loop-0"`, or
+/// `worker=1` with unit `index`. A numeric label of value 0 needs a unit:
+/// pprof's reader drops one with neither value nor unit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Tag {
     Str(&'static str, String),
-    Num(&'static str, i64),
+    /// Key, value, unit ("" for none).
+    Num(&'static str, i64, &'static str),
 }
 
 /// One process's profile and the labels its samples get.
@@ -250,9 +253,10 @@ impl Builder {
                     str: self.string(value),
                     ..Label::default()
                 },
-                Tag::Num(key, value) => Label {
+                Tag::Num(key, value, unit) => Label {
                     key: self.string(key),
                     num: *value,
+                    num_unit: self.string(unit),
                     ..Label::default()
                 },
             });
@@ -406,11 +410,11 @@ mod tests {
             &[
                 Part {
                     profile: &a,
-                    tags: vec![Tag::Str("worker", "0".into()), Tag::Num("pid", 11)],
+                    tags: vec![Tag::Num("worker", 0, "index"), Tag::Num("pid", 11, "")],
                 },
                 Part {
                     profile: &b,
-                    tags: vec![Tag::Str("worker", "1".into()), Tag::Num("pid", 22)],
+                    tags: vec![Tag::Str("host", "b".into()), Tag::Num("pid", 22, "")],
                 },
             ],
             &["worker 2 (pid 33): did not answer".into()],
@@ -433,10 +437,13 @@ mod tests {
                 (
                     l(&["send", "EventLoop::run"]),
                     vec![5, 50_505_050],
-                    l(&["thread=main", "worker=1", "pid=22"])
+                    l(&["thread=main", "host=b", "pid=22"])
                 ),
             ]
         );
+        // worker 0 has a unit, so pprof's reader keeps the label.
+        let worker = &merged.sample[0].label[1];
+        assert_eq!(merged.string_table[worker.num_unit as usize], "index");
         // Equal functions are shared: poll, EventLoop::run, main, send.
         assert_eq!(merged.function.len(), 4);
         assert_eq!(merged.location.len(), 4);
