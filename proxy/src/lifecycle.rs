@@ -402,6 +402,13 @@ fn run_master(
     }
     let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT])?;
     let dir = PathBuf::from("/dev/shm");
+    let stale = Board::remove_stale(&dir);
+    if stale > 0 {
+        tracing::info!(
+            "removed {stale} files of speedmimi masters that are gone from {}",
+            dir.display()
+        );
+    }
     let base = format!("speedmimi-{}", std::process::id());
     let board_path = dir.join(format!("{base}.board"));
     let config_path = dir.join(format!("{base}.yaml"));

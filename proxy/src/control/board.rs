@@ -135,6 +135,35 @@ impl Board {
         board
     }
 
+    /// Removes the files (`speedmimi-PID.*`: board, configuration, profile
+    /// answers) of masters that are gone: one killed with SIGKILL never ran
+    /// its cleanup, and each board holds ~1 MB of shared memory. Files of a
+    /// PID that exists are kept, whatever runs under it now: a master may
+    /// run from a renamed binary, and a stale file is cheaper than
+    /// unlinking a live master's board. Returns how many files went.
+    pub fn remove_stale(dir: &Path) -> usize {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        let master_alive = |pid: &str| Path::new(&format!("/proc/{pid}")).exists();
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("speedmimi-"))
+                .and_then(|rest| rest.split('.').next())
+                .filter(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            if !master_alive(pid) && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
     /// Creates (master) or opens (worker) a board in a shared-memory file.
     pub fn shared(path: &Path, create: bool) -> io::Result<&'static Board> {
         use std::os::fd::AsRawFd;
@@ -300,6 +329,37 @@ mod tests {
         names.sort();
         assert_eq!(names, ["127.0.0.1:9000", "127.0.0.1:9001"]);
         assert!(board.backends_of("other").is_empty());
+    }
+
+    #[test]
+    fn stale_files_of_gone_masters_are_removed_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        // A PID that has exited: a child we waited for.
+        let gone = std::process::Command::new("true").spawn().unwrap();
+        let gone_pid = gone.id();
+        let mut gone = gone;
+        gone.wait().unwrap();
+        // A live PID (this test binary): kept, whatever runs under it.
+        let live = std::process::id();
+        let names = [
+            format!("speedmimi-{gone_pid}.board"),
+            format!("speedmimi-{gone_pid}.yaml"),
+            format!("speedmimi-{gone_pid}.profile-3-77.pb"),
+            format!("speedmimi-{live}.board"),
+            "speedmimi-notapid.board".to_string(),
+            "other-file".to_string(),
+        ];
+        for n in &names {
+            std::fs::write(dir.path().join(n), b"x").unwrap();
+        }
+        assert_eq!(Board::remove_stale(dir.path()), 3);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let live_board = format!("speedmimi-{live}.board");
+        assert_eq!(left, ["other-file", &live_board, "speedmimi-notapid.board"]);
     }
 
     #[test]
