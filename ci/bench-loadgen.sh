@@ -7,6 +7,8 @@
 #
 # Usage: ci/bench-loadgen.sh [-r ROUNDS] [-d SECONDS] [-t THREADS] [-c "100 1000"] [-p PORT]
 #   env LOADGEN=path/to/loadgen skips the cargo build.
+#   oha joins the rounds when it is installed (`cargo install oha --locked`,
+#   or env OHA=path/to/oha), with --worker-threads THREADS.
 # Bar (issue 4): rps >= 1.0x wrk and CPU per request <= wrk's at every count.
 set -euo pipefail
 
@@ -57,6 +59,8 @@ cleanup() { kill "$(cat "$WORK/nginx.pid" 2>/dev/null)" 2>/dev/null || true; rm 
 trap cleanup EXIT
 for _ in $(seq 50); do [ -s "$WORK/nginx.pid" ] && break; sleep 0.1; done
 URL="http://127.0.0.1:$PORT/"
+OHA=${OHA:-$(command -v oha || true)}
+TOOLS="loadgen wrk${OHA:+ oha}"
 curl -sf "$URL" >/dev/null 2>&1 || "$LOADGEN" run "$URL" -n 10 -c 1 -q >/dev/null
 
 # Runs "$@" as the child of a process that never reaps it, so its
@@ -79,6 +83,10 @@ measure() {
   local ticks=$(( f[11] + f[12] ))   # utime + stime (fields 14, 15)
   kill "$holder"; wait "$holder" 2>/dev/null || true
   local reqs; reqs=$(grep -Eo '^ *[0-9]+ requests in' "$out" | grep -Eo '[0-9]+' | head -1)
+  if [ -z "$reqs" ] && grep -q statusCodeDistribution "$out"; then
+    # oha --output-format json: the responses by status code.
+    reqs=$(python3 -c 'import json,sys; print(sum(json.load(open(sys.argv[1]))["statusCodeDistribution"].values()))' "$out")
+  fi
   echo "${reqs:-0} $ticks"
 }
 
@@ -88,12 +96,12 @@ RAW="$WORK/raw"
 printf '%-7s %-6s %-8s %12s %14s\n' round conns tool "req/s" "cpu-ms/1k req"
 for r in $(seq "$ROUNDS"); do
   for c in $CONNS; do
-    for tool in loadgen wrk; do
-      if [ $tool = loadgen ]; then
-        res=$(measure "$LOADGEN" run "$URL" -c "$c" -t "$THREADS" -d "${SECS}s" -q)
-      else
-        res=$(measure wrk -t "$THREADS" -c "$c" -d "${SECS}s" "$URL")
-      fi
+    for tool in $TOOLS; do
+      case $tool in
+        loadgen) res=$(measure "$LOADGEN" run "$URL" -c "$c" -t "$THREADS" -d "${SECS}s" -q) ;;
+        wrk) res=$(measure wrk -t "$THREADS" -c "$c" -d "${SECS}s" "$URL") ;;
+        oha) res=$(measure "$OHA" -c "$c" -z "${SECS}s" --worker-threads "$THREADS" --no-tui --output-format json "$URL") ;;
+      esac
       read -r reqs ticks <<<"$res"
       rps=$(awk -v n="$reqs" -v s="$SECS" 'BEGIN{printf "%.0f", n/s}')
       cpu=$(awk -v t="$ticks" -v hz="$HZ" -v n="$reqs" 'BEGIN{ if (n>0) printf "%.2f", t*1000/hz/(n/1000); else print "nan"}')
@@ -118,5 +126,17 @@ for c in $CONNS; do
   printf '%-6s %14s %14s %16s %16s %10s %12s\n' "$c" "$lr" "$wr" "$lc" "$wc" "$rr" "$cr"
   awk -v a="$lr" -v b="$wr" -v x="$lc" -v y="$wc" 'BEGIN{exit !(a>=b && x<=y)}' || status=1
 done
+if [ -n "$OHA" ]; then
+  echo
+  printf '%-6s %14s %14s %16s %16s %10s %12s\n' conns "loadgen req/s" "oha req/s" "loadgen cpu-ms/1k" "oha cpu-ms/1k" "rps ratio" "cpu ratio"
+  for c in $CONNS; do
+    lr=$(awk -v c="$c" '$1==c && $2=="loadgen"{print $3}' "$RAW" | median)
+    orr=$(awk -v c="$c" '$1==c && $2=="oha"{print $3}' "$RAW" | median)
+    lc=$(awk -v c="$c" '$1==c && $2=="loadgen"{print $4}' "$RAW" | median)
+    oc=$(awk -v c="$c" '$1==c && $2=="oha"{print $4}' "$RAW" | median)
+    printf '%-6s %14s %14s %16s %16s %10s %12s\n' "$c" "$lr" "$orr" "$lc" "$oc" \
+      "$(awk -v a="$lr" -v b="$orr" 'BEGIN{printf "%.2fx", a/b}')" "$(awk -v a="$lc" -v b="$oc" 'BEGIN{printf "%.2fx", a/b}')"
+  done
+fi
 echo
 if [ $status = 0 ]; then echo "bar met: rps >= 1.0x wrk and CPU/request <= wrk at every count"; else echo "bar NOT met at some count (see ratios)"; fi
