@@ -131,7 +131,7 @@ impl ControlPlane for TestPlane {
     fn backends(&self, upstream: &str) -> Option<Vec<BackendSnapshot>> {
         let current = self.current.lock().unwrap();
         let u = current.1.upstreams.get(upstream)?;
-        let states = ["up", "down", "probing", "draining"];
+        let states = ["up", "down", "draining"];
         Some(
             u.backends
                 .iter()
@@ -1128,7 +1128,7 @@ fn metrics_are_prometheus_text_with_conventional_names() {
                     && s.label("backend") == Some(backend)
             })
             .collect();
-        assert_eq!(states.len(), 4);
+        assert_eq!(states.len(), 3, "up, down, draining");
         let on: Vec<&str> = states
             .iter()
             .filter(|s| s.value == 1.0)

@@ -25,7 +25,7 @@ use crate::upstream::probe::Outcome;
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// Every state `BackendSnapshot::health` may take, one gauge series each.
-const HEALTH_STATES: [&str; 4] = ["up", "probing", "down", "draining"];
+const HEALTH_STATES: [&str; 3] = ["up", "down", "draining"];
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// One scrape's worth of snapshots.
