@@ -198,16 +198,29 @@ fn a_second_profile_while_one_runs_gets_409() {
     assert_eq!(again.status, 200, "{}", again.text());
 }
 
-#[test]
-fn a_worker_killed_during_the_profile_is_named_and_nothing_hangs() {
-    let b = Backend::start("a");
-    let p = two_processes(&b);
+/// A proxy with two workers, both sampling for a profile of `seconds`
+/// requested in the background: the proxy, the workers' pids and the
+/// request's answer to come.
+fn profile_under_way(
+    b: &Backend,
+    seconds: u32,
+) -> (Proxy, Vec<u32>, std::thread::JoinHandle<Response>) {
+    let p = two_processes(b);
     let admin = p.admin_addr();
     let kids = children_of(p.pid());
-    let first = std::thread::spawn(move || get(admin, "/debug/pprof/profile?seconds=2"));
+    let path = format!("/debug/pprof/profile?seconds={seconds}");
+    let answer = std::thread::spawn(move || get(admin, &path));
     wait_until("both workers sampling", || {
         kids.iter().all(|&w| has_thread(w, "speedmimi-profi"))
     });
+    (p, kids, answer)
+}
+
+#[test]
+fn a_worker_killed_during_the_profile_is_named_and_nothing_hangs() {
+    let b = Backend::start("a");
+    let (p, kids, first) = profile_under_way(&b, 2);
+    let admin = p.admin_addr();
     let victim = kids[0];
     signal(victim, "KILL");
     let r = first.join().unwrap();
@@ -248,13 +261,8 @@ fn has_thread(pid: u32, name: &str) -> bool {
 #[test]
 fn a_worker_that_does_not_answer_is_named_after_a_bounded_wait() {
     let b = Backend::start("a");
-    let p = two_processes(&b);
+    let (p, kids, first) = profile_under_way(&b, 1);
     let admin = p.admin_addr();
-    let kids = children_of(p.pid());
-    let first = std::thread::spawn(move || get(admin, "/debug/pprof/profile?seconds=1"));
-    wait_until("both workers sampling", || {
-        kids.iter().all(|&w| has_thread(w, "speedmimi-profi"))
-    });
     // A stopped worker neither answers nor exits: the master gives up
     // after seconds + 5 s and serves the other worker's samples.
     let frozen = kids[1];

@@ -18,14 +18,16 @@ use crate::profiler::{self, sample, ProfileError};
 pub const DEFAULT_SECONDS: u64 = 30;
 pub const MAX_SECONDS: u64 = 60;
 
+/// The first `name=value` of the query, decoded.
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
 /// `seconds` from the query: 1..=60, 30 when absent.
 pub fn seconds(query: Option<&str>) -> Result<u64, ApiError> {
-    let value = query.and_then(|q| {
-        form_urlencoded::parse(q.as_bytes())
-            .find(|(k, _)| k == "seconds")
-            .map(|(_, v)| v.into_owned())
-    });
-    let Some(value) = value else {
+    let Some(value) = query_param(query, "seconds") else {
         return Ok(DEFAULT_SECONDS);
     };
     match value.parse::<u64>() {
@@ -41,12 +43,7 @@ pub fn seconds(query: Option<&str>) -> Result<u64, ApiError> {
 /// (with no worker processes, the one process is worker 0), or `None`
 /// for all of them.
 pub fn worker(query: Option<&str>, processes: usize) -> Result<Option<usize>, ApiError> {
-    let value = query.and_then(|q| {
-        form_urlencoded::parse(q.as_bytes())
-            .find(|(k, _)| k == "worker")
-            .map(|(_, v)| v.into_owned())
-    });
-    let Some(value) = value else {
+    let Some(value) = query_param(query, "worker") else {
         return Ok(None);
     };
     let processes = processes.max(1);
