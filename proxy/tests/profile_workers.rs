@@ -80,17 +80,33 @@ fn function_names(profile: &Profile) -> Vec<&str> {
         .collect()
 }
 
+/// A profile (`query` after `/debug/pprof/profile?`) of a two-worker proxy
+/// under traffic, every request of which was answered 200.
+fn profile_with_traffic(b: &Backend, query: &str) -> (Proxy, Response) {
+    let p = two_processes(b);
+    let (stop, load) = traffic(&p);
+    let r = get(p.admin_addr(), &format!("/debug/pprof/profile?{query}"));
+    stop.store(true, Ordering::Release);
+    let sent = load.join().expect("every request answered 200");
+    assert!(sent > 0);
+    assert_eq!(r.status, 200, "{}", r.text());
+    (p, r)
+}
+
+/// Profile answer files of the master `pid` still beside its board.
+fn answer_files_left(pid: u32) -> Vec<String> {
+    std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!("speedmimi-{pid}.profile-")))
+        .collect()
+}
+
 #[test]
 fn profile_merges_the_workers_samples_of_the_event_loops() {
     let b = Backend::start("a");
-    let p = two_processes(&b);
-    let admin = p.admin_addr();
-    let (stop, load) = traffic(&p);
-    let r = get(admin, "/debug/pprof/profile?seconds=2");
-    stop.store(true, Ordering::Release);
-    let sent = load.join().expect("every request answered 200");
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert!(sent > 0);
+    let (p, r) = profile_with_traffic(&b, "seconds=2");
     assert_eq!(r.header("content-type"), Some("application/octet-stream"));
     assert_eq!(
         r.header("x-profile-workers"),
@@ -131,25 +147,14 @@ fn profile_merges_the_workers_samples_of_the_event_loops() {
         );
     }
     // The answer files beside the board are gone.
-    let leftover: Vec<String> = std::fs::read_dir("/dev/shm")
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(&format!("speedmimi-{}.profile-", p.pid())))
-        .collect();
+    let leftover = answer_files_left(p.pid());
     assert!(leftover.is_empty(), "{leftover:?}");
 }
 
 #[test]
 fn worker_selects_one_worker_process() {
     let b = Backend::start("a");
-    let p = two_processes(&b);
-    let admin = p.admin_addr();
-    let (stop, load) = traffic(&p);
-    let r = get(admin, "/debug/pprof/profile?seconds=1&worker=1");
-    stop.store(true, Ordering::Release);
-    load.join().expect("every request answered 200");
-    assert_eq!(r.status, 200, "{}", r.text());
+    let (_p, r) = profile_with_traffic(&b, "seconds=1&worker=1");
     assert_eq!(r.header("x-profile-workers"), Some("1"));
     let profile = decode(&r);
     let labels = worker_labels(&profile);
@@ -289,14 +294,6 @@ fn a_worker_that_does_not_answer_is_named_after_a_bounded_wait() {
         "{:?}",
         r.headers
     );
-    let leftover = std::fs::read_dir("/dev/shm")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with(&format!("speedmimi-{}.profile-", p.pid()))
-        })
-        .count();
-    assert_eq!(leftover, 0);
+    let leftover = answer_files_left(p.pid());
+    assert!(leftover.is_empty(), "{leftover:?}");
 }
