@@ -177,16 +177,14 @@ impl Builder {
                 build_id,
                 flags,
             );
-            let next = self.mappings.len() as u64 + 1;
-            let id = *self.mapping_index.entry(key).or_insert(next);
-            if id == next {
-                self.mappings.push(Mapping {
+            let id = intern(&mut self.mapping_index, &mut self.mappings, key, |id, _| {
+                Mapping {
                     id,
                     filename,
                     build_id,
                     ..m.clone()
-                });
-            }
+                }
+            });
             mapping_ids.insert(m.id, id);
         }
         let mut function_ids = HashMap::new();
@@ -195,17 +193,18 @@ impl Builder {
             let system_name = self.string(s.get(f.system_name)?);
             let filename = self.string(s.get(f.filename)?);
             let key = (name, system_name, filename, f.start_line);
-            let next = self.functions.len() as u64 + 1;
-            let id = *self.function_index.entry(key).or_insert(next);
-            if id == next {
-                self.functions.push(Function {
+            let id = intern(
+                &mut self.function_index,
+                &mut self.functions,
+                key,
+                |id, _| Function {
                     id,
                     name,
                     system_name,
                     filename,
                     start_line: f.start_line,
-                });
-            }
+                },
+            );
             function_ids.insert(f.id, id);
         }
         let mut location_ids = HashMap::new();
@@ -228,10 +227,11 @@ impl Builder {
                 lines.push((f, line.line));
             }
             let key = (mapping_id, l.address, lines, l.is_folded);
-            let next = self.locations.len() as u64 + 1;
-            let id = *self.location_index.entry(key.clone()).or_insert(next);
-            if id == next {
-                self.locations.push(Location {
+            let id = intern(
+                &mut self.location_index,
+                &mut self.locations,
+                key,
+                |id, key| Location {
                     id,
                     mapping_id,
                     address: l.address,
@@ -241,8 +241,8 @@ impl Builder {
                         .map(|&(function_id, line)| Line { function_id, line })
                         .collect(),
                     is_folded: l.is_folded,
-                });
-            }
+                },
+            );
             location_ids.insert(l.id, id);
         }
         let mut tags = Vec::with_capacity(part.tags.len());
@@ -289,6 +289,25 @@ impl Builder {
             });
         }
         Ok(())
+    }
+}
+
+/// The merged table's id for `key`: the one it already has, or the next
+/// (ids start at 1), with the entry `make` builds from it pushed.
+fn intern<K: std::hash::Hash + Eq, T>(
+    index: &mut HashMap<K, u64>,
+    table: &mut Vec<T>,
+    key: K,
+    make: impl FnOnce(u64, &K) -> T,
+) -> u64 {
+    match index.entry(key) {
+        std::collections::hash_map::Entry::Occupied(e) => *e.get(),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            let id = table.len() as u64 + 1;
+            table.push(make(id, e.key()));
+            e.insert(id);
+            id
+        }
     }
 }
 
