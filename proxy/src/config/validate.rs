@@ -355,20 +355,12 @@ impl Validator<'_> {
         h: &RawHealthCheck,
     ) -> Result<HealthCheckConfig, ConfigError> {
         let path = h.path.as_deref().unwrap_or(DEFAULT_CHECK_PATH);
-        if !path.starts_with('/') {
-            return Err(self.err(
-                format!("{field}.path"),
-                format!("path \"{path}\" must start with /, e.g. /healthz"),
-            ));
-        }
-        if path.bytes().any(|b| b <= b' ' || b == 0x7f) {
-            return Err(self.err(
-                format!("{field}.path"),
-                format!(
-                    "path {path:?} contains whitespace or control characters; percent-encode them"
-                ),
-            ));
-        }
+        self.url_path(
+            &format!("{field}.path"),
+            "path",
+            path,
+            (", e.g. /healthz", "; percent-encode them"),
+        )?;
         let interval = self.duration(
             &format!("{field}.interval"),
             &h.interval,
@@ -568,23 +560,44 @@ impl Validator<'_> {
             Some(h) => Some(self.host(&format!("{field}.match.host"), h)?),
         };
         if let Some(p) = &m.path_prefix {
-            if !p.starts_with('/') {
-                return Err(self.err(
-                    format!("{field}.match.path_prefix"),
-                    format!("path_prefix \"{p}\" must start with /"),
-                ));
-            }
-            if p.bytes().any(|b| b <= b' ' || b == 0x7f) {
-                return Err(self.err(
-                    format!("{field}.match.path_prefix"),
-                    format!("path_prefix {p:?} contains whitespace or control characters"),
-                ));
-            }
+            self.url_path(
+                &format!("{field}.match.path_prefix"),
+                "path_prefix",
+                p,
+                ("", ""),
+            )?;
         }
         Ok(RouteMatch {
             host,
             path_prefix: m.path_prefix.clone(),
         })
+    }
+
+    /// A URL path (`name` at `field`): starts with `/`, no whitespace or
+    /// control bytes. `hints`: what each message adds after its reason.
+    fn url_path(
+        &self,
+        field: &str,
+        name: &str,
+        path: &str,
+        hints: (&str, &str),
+    ) -> Result<(), ConfigError> {
+        if !path.starts_with('/') {
+            return Err(self.err(
+                field,
+                format!("{name} \"{path}\" must start with /{}", hints.0),
+            ));
+        }
+        if path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return Err(self.err(
+                field,
+                format!(
+                    "{name} {path:?} contains whitespace or control characters{}",
+                    hints.1
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// A host name as matched: lower case, no port, optionally `*.suffix`.
