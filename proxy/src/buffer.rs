@@ -18,6 +18,25 @@ impl Buf {
     pub fn data(&self) -> &[u8] {
         &self.data[self.start..self.end]
     }
+    /// The unread bytes, to rewrite in place.
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.data[self.start..self.end]
+    }
+    /// Removes unread bytes `from..to` (offsets into `data()`), moving the
+    /// ones after them up.
+    pub fn remove(&mut self, from: usize, to: usize) {
+        debug_assert!(from <= to && to <= self.len());
+        if from == to {
+            return;
+        }
+        let (from, to) = (self.start + from, self.start + to);
+        self.data.copy_within(to..self.end, from);
+        self.end -= to - from;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
     pub fn len(&self) -> usize {
         self.end - self.start
     }

@@ -14,6 +14,10 @@ use super::errors::Reject;
 use super::{classify, lines_end_in_crlf, list_tokens, ConnectionTokens, Name};
 use crate::buffer::Buf;
 
+/// Fields a request is framed or routed by: a `Connection` header naming
+/// one of them is refused.
+const FRAMING_FIELDS: &[&str] = &["content-length", "transfer-encoding", "host"];
+
 /// Most header lines accepted in one request (431 beyond it).
 pub const MAX_HEADERS: usize = 100;
 
@@ -271,6 +275,12 @@ pub fn parse_request_into(
             _ => {}
         }
     }
+    // Framing is never hop-by-hop: a Connection header naming a field the
+    // message is framed or routed by would have it dropped upstream while
+    // we framed by it (the backend would read the body as a request).
+    if conn.names_any(FRAMING_FIELDS) {
+        return Err(Reject::BadRequest);
+    }
     if saw_te && (!chunked || content_length.is_some() || http10) {
         return Err(Reject::BadRequest);
     }
@@ -298,7 +308,9 @@ pub fn parse_request_into(
 
     for ((line, h), &name) in out.headers.iter_mut().zip(req.headers.iter()).zip(&names) {
         let xff = name == Name::XForwardedFor;
+        // Content-Length goes upstream once, normalized, written by us.
         let forward = !(name.is_hop_by_hop()
+            || name == Name::ContentLength
             || conn.names(h.name)
             || xff
             || name == Name::XForwardedProto
@@ -521,10 +533,12 @@ pub fn write_upstream_head(
     }
     put_ip(&mut w, client_ip);
     w.put(b"\r\nX-Forwarded-Proto: http\r\nVia: 1.1 speedmimi\r\n");
-    if matches!(head.framing, Framing::Chunked(_)) {
-        // Transfer-Encoding is hop-by-hop: the body is passed on still
+    match head.framing {
+        // Transfer-Encoding is hop-by-hop: the body goes on re-encoded
         // chunked, so this hop says so again.
-        w.put(b"Transfer-Encoding: chunked\r\n");
+        Framing::Chunked(_) => w.put(b"Transfer-Encoding: chunked\r\n"),
+        Framing::Length(n) => put_content_length(&mut w, n),
+        Framing::Empty | Framing::UntilClose => {}
     }
     if let Some(up) = head.upgrade {
         w.put(b"Connection: upgrade\r\nUpgrade: ");
@@ -533,6 +547,24 @@ pub fn write_upstream_head(
     }
     w.put(b"\r\n");
     w.ok
+}
+
+/// `Content-Length: N` as one line, whatever form the value came in.
+pub(crate) fn put_content_length(w: &mut Writer, n: u64) {
+    let mut line = *b"Content-Length: 00000000000000000000\r\n";
+    let digits_end = line.len() - 2;
+    let mut at = digits_end;
+    let mut left = n;
+    loop {
+        at -= 1;
+        line[at] = b'0' + (left % 10) as u8;
+        left /= 10;
+        if left == 0 {
+            break;
+        }
+    }
+    w.put(&line[..16]);
+    w.put(&line[at..]);
 }
 
 /// Writes an address without the formatting machinery (it runs per

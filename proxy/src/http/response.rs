@@ -4,7 +4,7 @@
 
 use super::body::Framing;
 use super::chunked::ChunkedDecoder;
-use super::request::Writer;
+use super::request::{put_content_length, Writer};
 use super::{classify, lines_end_in_crlf, list_tokens, ConnectionTokens, Name};
 use crate::buffer::Buf;
 
@@ -65,8 +65,10 @@ pub fn parse_and_rewrite(
 
     let mut conn = ConnectionTokens::default();
     let mut content_length: Option<u64> = None;
+    let mut cl_lines = 0u32;
     let mut te_chunked = None::<bool>;
     let mut te_other_coding = false;
+    let mut chunked_count = 0u32;
     // Each name classified once; the rewriting pass below reuses it.
     let mut names = [Name::Other; MAX_RESPONSE_HEADERS];
     for (h, kind) in resp.headers.iter().zip(names.iter_mut()) {
@@ -82,13 +84,25 @@ pub fn parse_and_rewrite(
                 return Err(Garbage);
             }
             content_length = Some(n);
+            cl_lines += 1;
         } else if name == Name::TransferEncoding {
-            let last = list_tokens(h.value).last();
-            te_chunked = Some(last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")));
-            te_other_coding |= list_tokens(h.value).any(|t| !t.eq_ignore_ascii_case(b"chunked"));
+            // The lines of a field are one list: chunked counts over all.
+            let mut last = None;
+            for t in list_tokens(h.value) {
+                let is_chunked = t.eq_ignore_ascii_case(b"chunked");
+                chunked_count += is_chunked as u32;
+                te_other_coding |= !is_chunked;
+                last = Some(is_chunked);
+            }
+            te_chunked = Some(last.ok_or(Garbage)?);
         } else if name == Name::Connection && !conn.add(h.value) {
             return Err(Garbage);
         }
+    }
+    // Framing is never hop-by-hop (a client would frame the body otherwise
+    // than we did), and chunked is applied at most once (RFC 9112 §6.1).
+    if conn.names_any(&["content-length", "transfer-encoding"]) || chunked_count > 1 {
+        return Err(Garbage);
     }
     if te_chunked.is_some() && (http10 || (client.http10 && te_other_coding)) {
         // HTTP/1.0 has no transfer codings: an HTTP/1.0 client could not
@@ -125,6 +139,11 @@ pub fn parse_and_rewrite(
     let upstream_reusable = upstream_keep_alive && !(until_close || switching || smuggled);
     let chunked = matches!(framing, Framing::Chunked(_));
     let strip_chunked = chunked && client.http10;
+    // Content-Length goes out as one line, and not at all where it is not
+    // allowed (1xx, 204) or means nothing (beside Transfer-Encoding). One
+    // validated line is kept as it came; repeated ones become one of ours.
+    let cl_allowed = te_chunked.is_none() && !interim && status != 101 && status != 204;
+    let cl_rewrite = cl_lines > 1 || (cl_lines == 1 && !cl_allowed);
     let close_client =
         !switching && !interim && (!client.keep_alive || until_close || strip_chunked);
 
@@ -153,7 +172,7 @@ pub fn parse_and_rewrite(
             let keep_te = name == Name::TransferEncoding && !strip_chunked;
             let drop = (name.is_hop_by_hop() && !keep_te)
                 || conn.names(h.name)
-                || (te_chunked.is_some() && name == Name::ContentLength);
+                || (cl_rewrite && name == Name::ContentLength);
             match &lines {
                 // Kept lines go out verbatim, a run of them in one copy.
                 Some(lines) if drop => {
@@ -175,6 +194,9 @@ pub fn parse_and_rewrite(
         }
         if let (Some(lines), Some(start)) = (&lines, run_start) {
             w.put(&buf[start..lines.end_of_last]);
+        }
+        if let (true, true, Some(n)) = (cl_rewrite, cl_allowed, content_length) {
+            put_content_length(&mut w, n);
         }
         w.put(b"Via: 1.1 speedmimi\r\n");
         if switching {
@@ -312,6 +334,46 @@ mod tests {
         assert_eq!(r.err(), Some(Garbage));
         let (r, _) = run("garbage\r\n\r\n", CLIENT11);
         assert_eq!(r.err(), Some(Garbage));
+    }
+
+    #[test]
+    fn framing_fields_are_validated_and_normalized() {
+        // Framing named in Connection, chunked twice (on one line or two).
+        for resp in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: Content-Length\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: x, transfer-encoding\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: \r\n\r\n",
+        ] {
+            assert_eq!(run(resp, CLIENT11).0.err(), Some(Garbage), "{resp:?}");
+        }
+        // Repeated equal lengths go out as one line of ours.
+        let (r, out) = run(
+            "HTTP/1.1 200 OK\r\nContent-Length: 05\r\nX: y\r\ncontent-length:5\r\n\r\n",
+            CLIENT11,
+        );
+        assert!(matches!(r.unwrap().unwrap().framing, Framing::Length(5)));
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nX: y\r\nContent-Length: 5\r\nVia: 1.1 speedmimi\r\n\r\n"
+        );
+        // No length on a 204; the length beside chunked is dropped.
+        let (_, out) = run("HTTP/1.1 204 No\r\nContent-Length: 0\r\n\r\n", CLIENT11);
+        assert!(!out.contains("Content-Length"), "{out}");
+        let (r, out) = run(
+            "HTTP/1.1 200 OK\r\nContent-Length: 9\r\nTransfer-Encoding: chunked\r\n\r\n",
+            CLIENT11,
+        );
+        let head = r.unwrap().unwrap();
+        assert!(matches!(head.framing, Framing::Chunked(_)) && !head.upstream_reusable);
+        assert!(!out.contains("Content-Length"), "{out}");
+        // chunked not last: the body runs until close (RFC 9112 §6.3).
+        let (r, _) = run(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            CLIENT11,
+        );
+        assert!(matches!(r.unwrap().unwrap().framing, Framing::UntilClose));
     }
 
     #[test]
