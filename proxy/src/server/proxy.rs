@@ -713,6 +713,9 @@ impl EventLoop {
         self.bufs.put_opt(&mut ex.resp_buf);
         self.bufs.put_opt(&mut ex.resp_head);
         ex.active = false;
+        // Everything was written: an error for the next pipelined request
+        // gets its own answer, not a silent close.
+        ex.resp_started = false;
         ex.resp_body = None;
         if !req_complete {
             // The rest of the request body would be read as the next request.
