@@ -6,7 +6,7 @@ RELEASE := $(TARGET_DIR)/release
 LOADGEN := $(RELEASE)/loadgen
 
 .PHONY: bench-reconfig all build build-prod test lint fmt bench bench-peers peers-table bench-loadgen \
-        report test-million scale-100k gate profile clean
+        report test-million scale-100k gate profile fuzz clean
 
 all: build
 
@@ -79,6 +79,11 @@ bench-reconfig: build
 # ci/callgrind-baseline.json (3%). Prints a table; non-zero exit on a regression.
 gate: build
 	ci/gate.py
+
+# libFuzzer on the parsers, SECONDS per target (fuzz/, docs/fuzzing.md).
+SECONDS ?= 60
+fuzz:
+	ci/fuzz.sh $(SECONDS)
 
 # A CPU profile of the proxy under load as a flame graph SVG (perf + inferno).
 profile: build
