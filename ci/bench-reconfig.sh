@@ -106,7 +106,8 @@ reconfigure() {
     echo "put-balancer $code"
     if ((i % 2 == 0)); then
       code=$(curl -s -o /dev/null -w '%{http_code}' -X POST \
-        "http://$ADMIN/api/v1/upstreams/app/backends" -d "{\"addr\":\"$C\"}")
+        "http://$ADMIN/api/v1/upstreams/app/backends" \
+        -H 'Content-Type: application/json' -d "{\"addr\":\"$C\"}")
       echo "post-backend $code"
     else
       code=$(curl -s -o /dev/null -w '%{http_code}' -X DELETE \

@@ -5,10 +5,12 @@
 //! With `server.processes: N` the master starts N copies of this binary
 //! (`--worker I --board FILE`), each running `server.workers` event loops on
 //! the same port (SO_REUSEPORT). They share a counter board in /dev/shm so
-//! the master's admin API reports exact sums. A configuration change is
-//! written to a file beside the board and announced by bumping the board's
-//! generation; each worker applies it and acknowledges in its slot. A CPU
-//! profile is asked of the workers the same way (`profiler::relay`).
+//! the master's admin API reports exact sums; the master's files there are
+//! private and named `speedmimi-PID-RANDOM.*` (`control::shm`). A
+//! configuration change is written to a file beside the board (admin token
+//! redacted) and announced by bumping the board's generation; each worker
+//! applies it and acknowledges in its slot. A CPU profile is asked of the
+//! workers the same way (`profiler::relay`).
 
 use std::io;
 use std::net::SocketAddr;
@@ -23,6 +25,7 @@ use signal_hook::iterator::Signals;
 
 use crate::config::{Config, RawConfig};
 use crate::control::board::{Board, MAX_PROCESSES};
+use crate::control::shm;
 use crate::control::snapshot::{self, RateMeter};
 use crate::control::{ApplyError, BackendSnapshot, ControlPlane, ServerSnapshot};
 use crate::profiler::relay::{self, WorkerProfile};
@@ -217,11 +220,12 @@ impl Master {
         command.spawn()
     }
 
+    /// Writes `raw` for the workers, the admin token redacted: only the
+    /// master serves the admin API, so workers never need it, and the copy
+    /// must not hold a secret on disk.
     fn write_config(&self, raw: &RawConfig) -> io::Result<()> {
-        let text = serde_yaml_ng::to_string(raw).map_err(io::Error::other)?;
-        let tmp = self.config_path.with_extension("tmp");
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, &self.config_path)
+        let text = serde_yaml_ng::to_string(&raw.redacted()).map_err(io::Error::other)?;
+        shm::replace(&self.config_path, text.as_bytes())
     }
 
     /// Writes `raw` for the workers, announces it, and waits until every
@@ -409,10 +413,8 @@ fn run_master(
             dir.display()
         );
     }
-    let base = format!("speedmimi-{}", std::process::id());
-    let board_path = dir.join(format!("{base}.board"));
-    let config_path = dir.join(format!("{base}.yaml"));
-    let board = Board::shared(&board_path, true)?;
+    let (board_path, board) = create_board(&dir)?;
+    let config_path = board_path.with_extension("yaml");
     let master = Arc::new(Master {
         board,
         board_path: board_path.clone(),
@@ -473,6 +475,25 @@ fn run_master(
         master.supervise();
         std::thread::sleep(POLL);
     }
+}
+
+/// Creates this master's board under a fresh `speedmimi-PID-RANDOM` name
+/// (`control::shm`); a name already taken is never opened, another is drawn.
+fn create_board(dir: &Path) -> io::Result<(PathBuf, &'static Board)> {
+    const TRIES: usize = 3;
+    let mut last = None;
+    for _ in 0..TRIES {
+        let path = dir.join(format!("{}.board", shm::master_stem()?));
+        match Board::shared(&path, true) {
+            Ok(board) => return Ok((path, board)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                tracing::warn!("{e}; drawing another name");
+                last = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("no board name")))
 }
 
 /// Runs `f` when dropped.

@@ -255,7 +255,7 @@ fn request(addr: SocketAddr, method: &str, path: &str, auth: Option<&str>, body:
         .map(|t| format!("Authorization: Bearer {t}\n"))
         .unwrap_or_default();
     let head = format!(
-        "{method} {path} HTTP/1.1\nHost: admin\n{auth}Content-Type: application/json\n\
+        "{method} {path} HTTP/1.1\nHost: {addr}\n{auth}Content-Type: application/json\n\
          Content-Length: {}\nConnection: close\n\n",
         body.len()
     );
@@ -660,7 +660,8 @@ fn wrong_method_is_405_with_allow() {
 fn declared_body_over_1_mib_is_413_before_reading() {
     let (plane, admin) = start();
     let head = format!(
-        "PUT /api/v1/config HTTP/1.1\nHost: admin\nContent-Length: {}\nConnection: close\n\n",
+        "PUT /api/v1/config HTTP/1.1\nHost: localhost\nContent-Type: application/json\n\
+         Content-Length: {}\nConnection: close\n\n",
         admin::MAX_BODY + 1
     );
     // Only the head is sent: the answer must not wait for the body.
@@ -672,8 +673,8 @@ fn declared_body_over_1_mib_is_413_before_reading() {
 #[test]
 fn chunked_body_over_1_mib_is_413_while_reading() {
     let (plane, admin) = start();
-    let head = "PUT /api/v1/config HTTP/1.1\nHost: admin\nTransfer-Encoding: chunked\n\
-                Connection: close\n\n";
+    let head = "PUT /api/v1/config HTTP/1.1\nHost: localhost\nContent-Type: application/json\n\
+                Transfer-Encoding: chunked\nConnection: close\n\n";
     // 1 MiB of valid chunks, then more: refused once past the limit.
     let mut body = Vec::new();
     let chunk = vec![b' '; 64 * 1024];
@@ -837,6 +838,205 @@ fn a_token_changed_by_a_patch_is_the_one_required_next() {
     );
 }
 
+// ------------------------------------------------------------ cross-site --
+
+/// A request with the given Host and Content-Type (either left out when
+/// `None`), as a browser on another site could send it.
+fn from_page(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    host: Option<&str>,
+    content_type: Option<&str>,
+    auth: Option<&str>,
+    body: &str,
+) -> Reply {
+    let mut head = format!("{method} {path} HTTP/1.1\n");
+    if let Some(h) = host {
+        head += &format!("Host: {h}\n");
+    }
+    if let Some(t) = content_type {
+        head += &format!("Content-Type: {t}\n");
+    }
+    if let Some(t) = auth {
+        head += &format!("Authorization: Bearer {t}\n");
+    }
+    head += &format!("Content-Length: {}\nConnection: close\n\n", body.len());
+    send(addr, &head, body.as_bytes())
+}
+
+const NEW_BACKEND: &str = r#"{"addr": "127.0.0.1:9002"}"#;
+const BACKENDS: &str = "/api/v1/upstreams/app/backends";
+
+fn app_backends(addr: SocketAddr) -> Value {
+    let r = get(addr, "/api/v1/backends?upstream=app");
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["backends"].clone()
+}
+
+#[test]
+fn a_cross_site_text_plain_post_is_415_and_adds_no_backend() {
+    let (plane, admin) = start();
+    let addr = admin.local_addr();
+    let host = addr.to_string();
+    let before = app_backends(addr);
+    // What an HTML form (or fetch without preflight) can send.
+    for content_type in [
+        Some("text/plain"),
+        Some("text/plain; charset=utf-8"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=x"),
+        None,
+    ] {
+        let r = from_page(
+            addr,
+            "POST",
+            BACKENDS,
+            Some(&host),
+            content_type,
+            None,
+            NEW_BACKEND,
+        );
+        assert_error(&r, 415, None, "application/json");
+        let r = from_page(
+            addr,
+            "PUT",
+            "/api/v1/config",
+            Some(&host),
+            content_type,
+            None,
+            r#"{"routing":{"default":{"load_balancer":"weight"}}}"#,
+        );
+        assert_error(&r, 415, None, "application/json");
+    }
+    assert_eq!(plane.applied(), 0);
+    assert_eq!(app_backends(addr), before);
+    assert_eq!(plane.config().upstreams["app"].backends.len(), 2);
+    // JSON, whatever its case and parameters, is taken.
+    let r = from_page(
+        addr,
+        "POST",
+        BACKENDS,
+        Some(&host),
+        Some("Application/JSON; charset=utf-8"),
+        None,
+        NEW_BACKEND,
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(plane.config().upstreams["app"].backends.len(), 3);
+}
+
+#[test]
+fn a_request_for_another_host_is_421_and_changes_nothing() {
+    let (plane, admin) = start();
+    let addr = admin.local_addr();
+    let before = app_backends(addr);
+    let port = addr.port();
+    // A DNS-rebound page sends its own name, with or without the port.
+    for host in [
+        "evil.example".to_string(),
+        format!("evil.example:{port}"),
+        format!("localhost.evil.example:{port}"),
+        format!("0.0.0.0:{port}"),
+    ] {
+        let json = Some("application/json");
+        let r = from_page(addr, "POST", BACKENDS, Some(&host), json, None, NEW_BACKEND);
+        assert_error(&r, 421, None, "loopback");
+        let r = from_page(addr, "GET", "/api/v1/config", Some(&host), None, None, "");
+        assert_error(&r, 421, None, "DNS rebinding");
+        let r = from_page(addr, "GET", "/metrics", Some(&host), None, None, "");
+        assert_eq!(r.status, 421, "{host}: {}", r.text());
+    }
+    let r = from_page(addr, "GET", "/api/v1/health", None, None, None, "");
+    assert_error(&r, 421, None, "no Host");
+    assert_eq!(plane.applied(), 0);
+    assert_eq!(app_backends(addr), before);
+}
+
+#[test]
+fn loopback_hosts_are_accepted() {
+    let (plane, admin) = start();
+    let addr = admin.local_addr();
+    let port = addr.port();
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+        format!("admin.localhost:{port}"),
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+    ] {
+        let r = from_page(addr, "GET", "/api/v1/health", Some(&host), None, None, "");
+        assert_eq!(r.status, 200, "{host}: {}", r.text());
+    }
+    let json = Some("application/json");
+    for (i, host) in [format!("localhost:{port}"), format!("127.0.0.1:{port}")]
+        .iter()
+        .enumerate()
+    {
+        let body = format!(r#"{{"addr": "127.0.0.1:{}"}}"#, 9002 + i);
+        let r = from_page(addr, "POST", BACKENDS, Some(host), json, None, &body);
+        assert_eq!(r.status, 201, "{host}: {}", r.text());
+    }
+    assert_eq!(plane.applied(), 2);
+    // A DELETE has no body, so needs no Content-Type.
+    let path = format!("{BACKENDS}/127.0.0.1:9003");
+    let r = from_page(
+        addr,
+        "DELETE",
+        &path,
+        Some(&format!("localhost:{port}")),
+        None,
+        None,
+        "",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
+fn with_a_token_any_host_is_served_but_writes_still_need_json() {
+    let (plane, admin) = start_with_token();
+    let addr = admin.local_addr();
+    let json = Some("application/json");
+    for host in ["evil.example", "proxy.internal:9091", "10.0.0.7"] {
+        let r = from_page(
+            addr,
+            "GET",
+            "/api/v1/health",
+            Some(host),
+            None,
+            Some(TOKEN),
+            "",
+        );
+        assert_eq!(r.status, 200, "{host}: {}", r.text());
+        // The token still decides.
+        let r = from_page(addr, "GET", "/api/v1/health", Some(host), None, None, "");
+        assert_eq!(r.status, 401, "{host}: {}", r.text());
+    }
+    let r = from_page(
+        addr,
+        "POST",
+        BACKENDS,
+        Some("evil.example"),
+        Some("text/plain"),
+        Some(TOKEN),
+        NEW_BACKEND,
+    );
+    assert_error(&r, 415, None, "application/json");
+    assert_eq!(plane.applied(), 0);
+    let r = from_page(
+        addr,
+        "POST",
+        BACKENDS,
+        Some("evil.example"),
+        json,
+        Some(TOKEN),
+        NEW_BACKEND,
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(plane.config().upstreams["app"].backends.len(), 3);
+}
+
 // ------------------------------------------------------------- lifecycle --
 
 #[test]
@@ -853,8 +1053,8 @@ fn keep_alive_serves_several_requests_on_one_connection() {
     let (_, admin) = start();
     let mut s = TcpStream::connect(admin.local_addr()).unwrap();
     s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    let one = "GET /api/v1/health HTTP/1.1\r\nHost: a\r\n\r\n";
-    let last = "GET /api/v1/health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    let one = "GET /api/v1/health HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let last = "GET /api/v1/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
     s.write_all(format!("{one}{one}{last}").as_bytes()).unwrap();
     let mut all = String::new();
     s.read_to_string(&mut all).unwrap();

@@ -68,8 +68,8 @@ fn call(admin: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String
     let mut s = TcpStream::connect(admin).unwrap();
     s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     s.write_all(head.as_bytes()).unwrap();

@@ -552,8 +552,14 @@ fn requests_in_flight_in_a_killed_worker_leave_the_backend_active_gauge() {
         active() == 0
     });
     b.release();
+    // Both workers died, so the port was closed until a replacement listens.
+    wait_until("a replacement worker listens", || {
+        Client::try_connect(p.addr).is_ok()
+    });
     assert_eq!(p.client().get("/").status, 200);
-    assert_eq!(active(), 0);
+    // The loop counts the request finished just after writing its last
+    // byte, so the client can read the answer a moment before.
+    wait_until("the new request leaves the gauge", || active() == 0);
 }
 
 #[test]
@@ -693,4 +699,74 @@ fn a_change_the_workers_refuse_is_not_left_for_restarted_workers() {
     for _ in 0..20 {
         assert_eq!(fresh_request(&p), "a");
     }
+}
+
+/// The master's files in /dev/shm (`speedmimi-PID-RANDOM.*`).
+fn shm_files_of(master: u32) -> Vec<std::path::PathBuf> {
+    let prefix = format!("speedmimi-{master}-");
+    std::fs::read_dir("/dev/shm")
+        .expect("/dev/shm")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect()
+}
+
+#[test]
+fn shared_memory_files_are_private_and_hold_no_token() {
+    use std::os::unix::fs::MetadataExt;
+    const TOKEN: &str = "shm-test-secret-7f3a9c";
+    let a = Backend::start("a");
+    let yaml = two_process_yaml(&Cfg::new(&[a.addr])).replace(
+        "admin:\n  listen: \"127.0.0.1:0\"\n",
+        &format!("admin:\n  listen: \"127.0.0.1:0\"\n  token: {TOKEN}\n"),
+    );
+    let p = Proxy::start(&yaml);
+    wait_until("two worker processes", || children_of(p.pid()).len() == 2);
+    // A change the workers must apply: the configuration copy is rewritten
+    // (and must still validate without the token).
+    let mut c = Client::connect(p.admin_addr());
+    let patch = r#"{"routing":{"default":{"load_balancer":"least_conn"}}}"#;
+    c.send(
+        format!(
+            "PUT /api/v1/config HTTP/1.1\r\nHost: speedmimi.example\r\n\
+             Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{patch}",
+            patch.len()
+        )
+        .as_bytes(),
+    );
+    let r = c.read_response();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(fresh_request(&p), "a");
+    let files = shm_files_of(p.pid());
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for ext in ["board", "yaml"] {
+        assert!(
+            names.iter().any(|n| n.ends_with(&format!(".{ext}"))),
+            "no .{ext} in {names:?}"
+        );
+    }
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    for file in &files {
+        let meta = std::fs::symlink_metadata(file).unwrap();
+        assert!(meta.file_type().is_file(), "{}", file.display());
+        assert_eq!(meta.mode() & 0o777, 0o600, "{}", file.display());
+        assert_eq!(meta.uid(), me, "{}", file.display());
+        let bytes = std::fs::read(file).unwrap();
+        assert!(
+            !bytes.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()),
+            "the token is in {}",
+            file.display()
+        );
+    }
+    // The random part: 16 hex digits after the pid.
+    let stem = names[0].split('.').next().unwrap();
+    let random = stem.rsplit('-').next().unwrap();
+    assert_eq!(random.len(), 16, "{stem}");
+    assert!(random.bytes().all(|b| b.is_ascii_hexdigit()), "{stem}");
 }

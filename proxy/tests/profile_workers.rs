@@ -26,7 +26,7 @@ fn two_processes(b: &Backend) -> Proxy {
 fn get(admin: std::net::SocketAddr, path: &str) -> Response {
     let mut c = Client::connect(admin);
     c.set_timeout(Duration::from_secs(30));
-    c.send(format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes());
+    c.send(format!("GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n").as_bytes());
     c.read_response()
 }
 

@@ -6,6 +6,7 @@
 
 mod api;
 mod auth;
+mod cross_site;
 mod error;
 mod metrics;
 mod profile;

@@ -1,6 +1,7 @@
 //! The HTTP side: accepts admin connections, serves them with hyper
-//! (HTTP/1.1), and for each request checks the token, matches the route,
-//! reads a bounded body and runs the handler on the blocking pool, so a
+//! (HTTP/1.1), and for each request checks the token (or, without one,
+//! that it is addressed to loopback), matches the route, checks that a body
+//! to write is JSON, reads a bounded body and runs the handler on the blocking pool, so a
 //! slow `apply` or a profile never stalls other admin requests.
 
 use std::convert::Infallible;
@@ -21,7 +22,7 @@ use tokio::net::TcpListener;
 
 use super::error::{json_response, ApiError};
 use super::routes::Route;
-use super::{api, auth, metrics, profile, State};
+use super::{api, auth, cross_site, metrics, profile, State};
 
 /// Largest request body read (a merge patch or a backend).
 pub const MAX_BODY: usize = 1 << 20;
@@ -80,7 +81,11 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Answer {
 }
 
 async fn respond(state: Arc<State>, req: Request<Incoming>) -> Result<Answer, ApiError> {
-    auth::check(req.headers(), state.token().as_deref())?;
+    let token = state.token();
+    auth::check(req.headers(), token.as_deref())?;
+    if token.is_none() {
+        cross_site::check_host(req.headers(), req.uri())?;
+    }
     let route = Route::of(req.uri().path()).ok_or_else(|| {
         ApiError::not_found(format!(
             "no endpoint {}; see docs/admin.md for the list",
@@ -89,8 +94,10 @@ async fn respond(state: Arc<State>, req: Request<Incoming>) -> Result<Answer, Ap
     })?;
     route.check_method(req.method())?;
     let method = req.method().clone();
+    let reads_body = route.takes_body(&method);
+    cross_site::check_content_type(&method, req.headers(), reads_body)?;
     let query = req.uri().query().map(str::to_string);
-    let body = if route.takes_body(&method) {
+    let body = if reads_body {
         read_body(req).await?
     } else {
         Bytes::new()

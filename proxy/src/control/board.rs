@@ -7,12 +7,11 @@
 //! Loops write their own slot (no contention); backend counters are shared
 //! by every loop and process using that backend (relaxed atomic adds).
 
-use std::fs::OpenOptions;
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
 
-use super::{Histogram, LATENCY_BUCKETS};
+use super::{shm, Histogram, LATENCY_BUCKETS};
 use crate::profiler::relay::ProfileRequest;
 use crate::stats::LoopStats;
 use crate::upstream::probe::ActiveHealth;
@@ -135,26 +134,21 @@ impl Board {
         board
     }
 
-    /// Removes the files (`speedmimi-PID.*`: board, configuration, profile
-    /// answers) of masters that are gone: one killed with SIGKILL never ran
-    /// its cleanup, and each board holds ~1 MB of shared memory. Files of a
-    /// PID that exists are kept, whatever runs under it now: a master may
-    /// run from a renamed binary, and a stale file is cheaper than
-    /// unlinking a live master's board. Returns how many files went.
+    /// Removes the files (`speedmimi-PID-RANDOM.*`, or `speedmimi-PID.*`
+    /// of older versions: board, configuration, profile answers) of masters
+    /// that are gone: one killed with SIGKILL never ran its cleanup, and
+    /// each board holds ~1 MB of shared memory. Files of a PID that exists
+    /// are kept, whatever runs under it now: a master may run from a
+    /// renamed binary, and a stale file is cheaper than unlinking a live
+    /// master's board. Returns how many files went.
     pub fn remove_stale(dir: &Path) -> usize {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return 0;
         };
-        let master_alive = |pid: &str| Path::new(&format!("/proc/{pid}")).exists();
+        let master_alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
         let mut removed = 0;
         for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(pid) = name
-                .to_str()
-                .and_then(|n| n.strip_prefix("speedmimi-"))
-                .and_then(|rest| rest.split('.').next())
-                .filter(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
-            else {
+            let Some(pid) = entry.file_name().to_str().and_then(shm::master_pid) else {
                 continue;
             };
             if !master_alive(pid) && std::fs::remove_file(entry.path()).is_ok() {
@@ -165,15 +159,16 @@ impl Board {
     }
 
     /// Creates (master) or opens (worker) a board in a shared-memory file.
+    /// The master's is new and private (`shm::create`: an existing name is
+    /// an `AlreadyExists` error); a worker opens only its own user's.
     pub fn shared(path: &Path, create: bool) -> io::Result<&'static Board> {
         use std::os::fd::AsRawFd;
         let size = std::mem::size_of::<Board>();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(create)
-            .truncate(create)
-            .open(path)?;
+        let file = if create {
+            shm::create(path)?
+        } else {
+            shm::open_own(path, true)?
+        };
         if create {
             file.set_len(size as u64)?;
         }
@@ -343,22 +338,23 @@ mod tests {
         let live = std::process::id();
         let names = [
             format!("speedmimi-{gone_pid}.board"),
-            format!("speedmimi-{gone_pid}.yaml"),
-            format!("speedmimi-{gone_pid}.profile-3-77.pb"),
-            format!("speedmimi-{live}.board"),
+            format!("speedmimi-{gone_pid}-0a1b.yaml"),
+            format!("speedmimi-{gone_pid}-0a1b.profile-3-77.pb"),
+            format!("speedmimi-{gone_pid}-0a1b.yaml.tmp-99"),
+            format!("speedmimi-{live}-2c3d.board"),
             "speedmimi-notapid.board".to_string(),
             "other-file".to_string(),
         ];
         for n in &names {
             std::fs::write(dir.path().join(n), b"x").unwrap();
         }
-        assert_eq!(Board::remove_stale(dir.path()), 3);
+        assert_eq!(Board::remove_stale(dir.path()), 4);
         let mut left: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         left.sort();
-        let live_board = format!("speedmimi-{live}.board");
+        let live_board = format!("speedmimi-{live}-2c3d.board");
         assert_eq!(left, ["other-file", &live_board, "speedmimi-notapid.board"]);
     }
 
@@ -372,5 +368,28 @@ mod tests {
         assert_eq!(master.loop_stats(1, 0).requests.load(Relaxed), 5);
         worker.backend("u", "a:1").requests.fetch_add(2, Relaxed);
         assert_eq!(master.backend("u", "a:1").requests.load(Relaxed), 2);
+    }
+
+    #[test]
+    fn a_master_never_takes_over_an_existing_name() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("board");
+        Board::shared(&path, true).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let e = Board::shared(&path, true)
+            .err()
+            .expect("second create refused");
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        // A symlink planted at the name: neither the master nor a worker
+        // follows it, and its target is not touched.
+        let target = dir.path().join("target");
+        std::fs::write(&target, b"x").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(Board::shared(&link, true).is_err());
+        assert!(Board::shared(&link, false).is_err());
+        assert_eq!(std::fs::read(&target).unwrap(), b"x");
     }
 }

@@ -6,6 +6,7 @@
 //! runs on an event loop.
 
 pub mod board;
+pub mod shm;
 pub mod snapshot;
 
 use crate::config::{Config, RawConfig};

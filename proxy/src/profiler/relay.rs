@@ -16,6 +16,7 @@ use pprof::protos::Message;
 
 use super::{sample, Profile, ProfileError};
 use crate::control::board::Board;
+use crate::control::shm;
 
 /// Time beyond the profile's seconds a worker gets to notice the request
 /// (one poll), symbolize its samples and write them.
@@ -143,7 +144,7 @@ pub fn sweep(board_path: &Path) {
     }
 }
 
-/// `speedmimi-MASTERPID.profile-` for the board `speedmimi-MASTERPID.board`.
+/// `speedmimi-PID-RANDOM.profile-` for the board `speedmimi-PID-RANDOM.board`.
 fn file_prefix(board_path: &Path) -> Option<String> {
     let stem = board_path.file_stem()?.to_string_lossy();
     Some(format!("{stem}.profile-"))
@@ -159,12 +160,13 @@ fn answer_path(board_path: &Path, id: u64, pid: u32, ext: &str) -> PathBuf {
 const BUSY: &str = "busy";
 
 fn read_answer(board_path: &Path, id: u64, pid: u32) -> Option<Result<Profile, ProfileError>> {
-    if let Ok(bytes) = std::fs::read(answer_path(board_path, id, pid, "pb")) {
+    if let Ok(bytes) = shm::read_own(&answer_path(board_path, id, pid, "pb")) {
         return Some(Profile::decode(&bytes[..]).map_err(|e| {
             ProfileError::Failed(format!("sent a profile that does not decode: {e}"))
         }));
     }
-    let text = std::fs::read_to_string(answer_path(board_path, id, pid, "err")).ok()?;
+    let bytes = shm::read_own(&answer_path(board_path, id, pid, "err")).ok()?;
+    let text = String::from_utf8_lossy(&bytes).into_owned();
     Some(Err(match text.split_once('\n') {
         Some((BUSY, _)) => ProfileError::Busy,
         Some((_, why)) => ProfileError::Failed(why.to_string()),
@@ -228,7 +230,8 @@ impl Responder {
 }
 
 /// Writes the answer under a temporary name, then renames it, so the
-/// master never reads half a file.
+/// master never reads half a file (`shm::replace`: mode 0600, never
+/// through a name someone else made).
 fn answer(board_path: &Path, id: u64, result: Result<Profile, ProfileError>) -> io::Result<()> {
     let pid = std::process::id();
     let (ext, bytes) = match result {
@@ -236,10 +239,7 @@ fn answer(board_path: &Path, id: u64, result: Result<Profile, ProfileError>) -> 
         Err(ProfileError::Busy) => ("err", format!("{BUSY}\n").into_bytes()),
         Err(ProfileError::Failed(why)) => ("err", format!("failed\n{why}").into_bytes()),
     };
-    let path = answer_path(board_path, id, pid, ext);
-    let tmp = answer_path(board_path, id, pid, "tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+    shm::replace(&answer_path(board_path, id, pid, ext), &bytes)
 }
 
 #[cfg(test)]
@@ -249,10 +249,15 @@ mod tests {
     #[test]
     fn answer_files_sit_beside_the_board_and_are_swept() {
         let dir = tempfile::tempdir().unwrap();
-        let board_path = dir.path().join("speedmimi-42.board");
+        let board_path = dir.path().join("speedmimi-42-00ff.board");
         std::fs::write(&board_path, b"board").unwrap();
         answer(&board_path, 3, Err(ProfileError::Busy)).unwrap();
         let pid = std::process::id();
+        let written = std::fs::metadata(answer_path(&board_path, 3, pid, "err")).unwrap();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&written.permissions()) & 0o777,
+            0o600
+        );
         assert_eq!(
             read_answer(&board_path, 3, pid).unwrap().unwrap_err(),
             ProfileError::Busy
@@ -275,6 +280,6 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        assert_eq!(left, ["speedmimi-42.board"]);
+        assert_eq!(left, ["speedmimi-42-00ff.board"]);
     }
 }

@@ -1401,8 +1401,9 @@ impl Admin {
         let mut c = Client::connect(self.addr);
         c.send(
             format!(
-                "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\n\
+                "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
                  Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                self.addr,
                 body.len()
             )
             .as_bytes(),
