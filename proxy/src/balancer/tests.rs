@@ -316,6 +316,43 @@ fn every_balancer_returns_none_without_backends_available() {
 }
 
 #[test]
+fn every_balancer_falls_back_to_the_least_recently_failed_when_all_are_out() {
+    for alg in ALL {
+        let mut u = upstream(&[1, 1, 1]);
+        let now = Instant::now();
+        let ms = Duration::from_millis;
+        u.record_failure(2, now);
+        u.record_failure(0, now + ms(1));
+        u.record_failure(1, now + ms(2));
+        let mut b = new_balancer(alg, &u);
+        let at = now + ms(3);
+        assert_eq!(
+            pick_or_fallback(b.as_mut(), &u, &ctx(at)),
+            Some(2),
+            "{alg:?}"
+        );
+        let tried = [2];
+        let c = PickContext {
+            client_ip: ip(0),
+            exclude: &tried,
+            now: at,
+        };
+        assert_eq!(pick_or_fallback(b.as_mut(), &u, &c), Some(0), "{alg:?}");
+        // One in rotation again: the balancer's own pick, no fallback.
+        let mut u = upstream(&[1, 1, 1]);
+        u.record_failure(0, now);
+        u.record_failure(1, now);
+        for _ in 0..10 {
+            assert_eq!(
+                pick_or_fallback(b.as_mut(), &u, &ctx(at)),
+                Some(2),
+                "{alg:?}"
+            );
+        }
+    }
+}
+
+#[test]
 fn every_balancer_spreads_over_all_backends() {
     for alg in ALL {
         let u = upstream(&[1, 1, 1]);

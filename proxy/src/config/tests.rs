@@ -66,7 +66,7 @@ fn good_file_gets_defaults() {
     assert_eq!(u.connect_timeout, Duration::from_secs(5));
     assert_eq!(u.read_timeout, s.read_timeout);
     assert_eq!(u.write_timeout, s.write_timeout);
-    assert_eq!(u.max_fails, 1);
+    assert_eq!(u.max_fails, 3);
     assert_eq!(u.fail_timeout, Duration::from_secs(10));
     assert_eq!(u.retries, 2);
     let r = &c.routing["default"];

@@ -29,7 +29,9 @@ pub const DEFAULT_WEIGHT: u32 = 1;
 pub const DEFAULT_KEEPALIVE: u32 = 64;
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-pub const DEFAULT_MAX_FAILS: u32 = 1;
+/// Several failures, not one: a single failed request (a client that
+/// breaks the backend, one reset) must not take a backend out.
+pub const DEFAULT_MAX_FAILS: u32 = 3;
 pub const DEFAULT_FAIL_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_RETRIES: u32 = 2;
 pub const DEFAULT_BALANCER: Algorithm = Algorithm::RoundRobin;
