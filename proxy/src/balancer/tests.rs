@@ -22,7 +22,7 @@ fn upstream_at(ports: &[u16], weights: &[u32]) -> UpstreamState {
                 weight,
             })
             .collect(),
-        keepalive: 64,
+        keepalive: None,
         keepalive_timeout: Duration::from_secs(60),
         connect_timeout: Duration::from_secs(5),
         read_timeout: Duration::from_secs(30),

@@ -744,7 +744,7 @@ impl EventLoop {
         let (u, b) = (ex.upstream, ex.backend);
         self.backend_finished(u, b, ex.counters.take());
         if reusable && u < self.routing.upstreams.len() {
-            let limit = self.routing.upstream_cfg[u].keepalive;
+            let limit = self.routing.upstream_cfg[u].idle_limit();
             let up = self.upstream_mut(uk);
             up.client = None;
             up.reused = false;

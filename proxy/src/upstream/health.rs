@@ -310,7 +310,7 @@ mod tests {
                     weight: 1,
                 })
                 .collect(),
-            keepalive: 64,
+            keepalive: None,
             keepalive_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(5),
             read_timeout: Duration::from_secs(30),
