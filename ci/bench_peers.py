@@ -8,7 +8,10 @@ request from /proc (utime+stime of the proxy and its children), and the RSS
 each proxy spends per idle keep-alive connection.
 
 Usage: ci/bench_peers.py [--rounds 3] [--duration 8] [--conns 100,5000]
-                         [--idle 15000] [--json FILE]
+                         [--idle 15000] [--json FILE] [--proxies speedmimi,nginx,haproxy]
+--proxies also takes speedmimi-default (no upstream tuning), speedmimi-ka10000
+and speedmimi-ka64 (the defaults with that fixed idle-pool cap), speedmimi-b
+and forwarder.
 Everything it starts it stops, on every exit path.
 """
 
@@ -31,7 +34,18 @@ PEERS = os.path.join(ROOT, "ci", "peers")
 TICK = os.sysconf("SC_CLK_TCK")
 BACKEND_PORT = 18000
 PORTS = {"speedmimi": 18001, "nginx": 18002, "haproxy": 18003, "speedmimi-b": 18004,
-         "forwarder": 18005}
+         "forwarder": 18005, "speedmimi-default": 18006, "speedmimi-ka10000": 18007,
+         "speedmimi-ka64": 18008}
+# speedmimi entries: the configuration each runs (tuned: max_conns 128 like
+# HAProxy's maxconn; default: no upstream tuning at all; kaN: the defaults
+# with a fixed idle-pool cap of N, 64 being the default before `auto`).
+SPEEDMIMI_CONFIGS = {"speedmimi": ("speedmimi.yaml", {}), "speedmimi-b": ("speedmimi.yaml", {}),
+                     "speedmimi-default": ("speedmimi-default.yaml", {}),
+                     "speedmimi-ka10000": ("speedmimi-keepalive.yaml", {"__KEEPALIVE__": "10000"}),
+                     "speedmimi-ka64": ("speedmimi-keepalive.yaml", {"__KEEPALIVE__": "64"})}
+# Ratios printed at the end: (entry, the entries it is compared against).
+COMPARISONS = [("speedmimi", ("nginx", "haproxy", "speedmimi-b", "forwarder")),
+               ("speedmimi-default", ("speedmimi-ka10000", "speedmimi", "speedmimi-ka64"))]
 
 
 def ensure_tools():
@@ -43,10 +57,12 @@ def ensure_tools():
                        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
 
 
-def render(template, out_dir, name, port):
+def render(template, out_dir, name, port, extra=None):
     text = open(os.path.join(PEERS, template)).read()
     text = (text.replace("__DIR__", out_dir).replace("__PORT__", str(port))
             .replace("__BACKEND_PORT__", str(BACKEND_PORT)))
+    for key, value in (extra or {}).items():
+        text = text.replace(key, value)
     path = os.path.join(out_dir, name)
     open(path, "w").write(text)
     return path
@@ -197,7 +213,8 @@ def main():
         for name in names:
             port = PORTS[name]
             if name.startswith("speedmimi"):
-                conf = render("speedmimi.yaml", work, f"{name}.yaml", port)
+                template, extra = SPEEDMIMI_CONFIGS[name]
+                conf = render(template, work, f"{name}.yaml", port, extra)
                 binary = args.speedmimi_b if name == "speedmimi-b" else args.speedmimi
                 cmd = [binary, "--config", conf]
             elif name == "forwarder":
@@ -222,7 +239,7 @@ def main():
                 # HAProxy's maxconn is capped at 9900 by the descriptor limit.
                 count = min(args.idle, 9000) if name == "haproxy" else args.idle
                 idle[name] = idle_rss_per_conn(procs[name].pid, PORTS[name], count)
-                print(f"idle  {name:9} {idle[name]:8.0f} B RSS per idle keep-alive connection "
+                print(f"idle  {name:17} {idle[name]:8.0f} B RSS per idle keep-alive connection "
                       f"({count} connections)", flush=True)
         results = {}
         for conns in [int(c) for c in args.conns.split(",")]:
@@ -245,7 +262,7 @@ def main():
                     row["user_ms_per_1k"].append(user)
                     row["sys_ms_per_1k"].append(system)
                     row["errors"] += errors
-                    print(f"round {r + 1} {name:9} c={conns:<5} {rps:>10.0f} req/s  p99 {p99 / 1000:7.2f} ms  "
+                    print(f"round {r + 1} {name:17} c={conns:<5} {rps:>10.0f} req/s  p99 {p99 / 1000:7.2f} ms  "
                           f"cpu {user + system:6.1f} ms/1k req (user {user:4.1f} sys {system:5.1f})  "
                           f"errors {errors}", flush=True)
     finally:
@@ -254,7 +271,7 @@ def main():
 
     print()
     print(f"machine: {platform.node()}, {os.cpu_count()} cores, {cpu_model()}, Linux {platform.release()}")
-    print(f"{'proxy':10} {'conns':>6} {'req/s (median)':>15} {'p99 ms':>8} {'CPU ms/1k req':>14} "
+    print(f"{'proxy':17} {'conns':>6} {'req/s (median)':>15} {'p99 ms':>8} {'CPU ms/1k req':>14} "
           f"{'user':>6} {'sys':>6} {'errors':>7} {'idle B/conn':>12}")
     summary = {}
     for key, row in results.items():
@@ -263,21 +280,23 @@ def main():
                                                        "user_ms_per_1k", "sys_ms_per_1k")}
         med["errors"] = row["errors"]
         summary[key] = med
-        print(f"{name:10} {conns:>6} {med['rps']:>15.0f} {med['p99_us'] / 1000:>8.2f} "
+        print(f"{name:17} {conns:>6} {med['rps']:>15.0f} {med['p99_us'] / 1000:>8.2f} "
               f"{med['cpu_ms_per_1k']:>14.1f} {med['user_ms_per_1k']:>6.1f} {med['sys_ms_per_1k']:>6.1f} "
               f"{row['errors']:>7} {idle.get(name, float('nan')):>12.0f}")
     print()
     for conns in args.conns.split(","):
-        me = summary.get(f"speedmimi@{conns}")
-        for peer in ("nginx", "haproxy", "speedmimi-b", "forwarder"):
-            other = summary.get(f"{peer}@{conns}")
-            if me and other:
+        for entry, peers in COMPARISONS:
+            me = summary.get(f"{entry}@{conns}")
+            for peer in peers:
+                other = summary.get(f"{peer}@{conns}")
+                if not (me and other):
+                    continue
                 # Also the median of each round's own ratio: A and B of one
                 # round ran back to back, so slow drift of the machine cancels.
-                mine, theirs = results[f"speedmimi@{conns}"], results[f"{peer}@{conns}"]
+                mine, theirs = results[f"{entry}@{conns}"], results[f"{peer}@{conns}"]
                 paired = {k: statistics.median(a / b for a, b in zip(mine[k], theirs[k]))
                           for k in ("rps", "cpu_ms_per_1k")}
-                print(f"speedmimi/{peer:8} c={conns:<5} req/s x{me['rps'] / other['rps']:.2f}   "
+                print(f"{entry}/{peer:8} c={conns:<5} req/s x{me['rps'] / other['rps']:.2f}   "
                       f"CPU per request x{me['cpu_ms_per_1k'] / other['cpu_ms_per_1k']:.2f}   "
                       f"(per-round ratios, median: x{paired['rps']:.2f} / x{paired['cpu_ms_per_1k']:.2f})")
     if args.json:

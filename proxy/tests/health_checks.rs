@@ -348,6 +348,22 @@ fn every_backend_down_answers_503() {
 }
 
 #[test]
+fn the_active_check_takes_out_a_sole_backend_that_passive_health_keeps() {
+    let a = CheckedBackend::start("a");
+    let p = Proxy::start(&yaml(&[a.addr], Some(FAST)).replace("max_fails: 100", "max_fails: 1"));
+    let admin = p.admin();
+    wait_state(&admin, a.addr, "up");
+    assert_eq!(p.answer_ids(2), ["a", "a"]);
+    a.set(Mode::Error);
+    wait_state(&admin, a.addr, "down");
+    let r = p.client().get("/");
+    assert_eq!(r.status, 503, "{}", r.head);
+    a.set(Mode::Ok);
+    wait_state(&admin, a.addr, "up");
+    assert_eq!(p.answer_ids(2), ["a", "a"]);
+}
+
+#[test]
 fn checks_are_off_by_default_and_send_no_probes() {
     let a = CheckedBackend::start("a");
     let b = CheckedBackend::start("b");

@@ -368,3 +368,42 @@ fn idle_keep_alive_connections_hold_little_memory() {
         assert_eq!(c.get("/").status, 200);
     }
 }
+
+#[test]
+fn the_default_pool_follows_demand_instead_of_reconnecting() {
+    const CLIENTS: usize = 300;
+    const PER_CLIENT: usize = 20;
+    let b = Backend::start("a");
+    // The default `keepalive` (auto): no cap to churn against.
+    let yaml: String = Cfg::new(&[b.addr])
+        .yaml()
+        .lines()
+        .filter(|l| !l.starts_with("    keepalive:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let p = Proxy::start(&yaml);
+    let addr = p.addr;
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                for _ in 0..PER_CLIENT {
+                    assert_eq!(c.get("/").status, 200);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client thread");
+    }
+    assert_eq!(b.requests(), CLIENTS * PER_CLIENT);
+    // At most one backend connection per request in flight, and nothing
+    // closed that a later request then had to reopen.
+    assert!(
+        b.connections() <= CLIENTS,
+        "{} backend connections for {CLIENTS} clients and {} requests",
+        b.connections(),
+        CLIENTS * PER_CLIENT
+    );
+    assert_eq!(b.closed(), 0, "pooled connections were closed under load");
+}

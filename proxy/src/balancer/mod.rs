@@ -2,6 +2,8 @@
 //! round robin), least_conn, ip_hash (consistent), p2c (peak EWMA). One file
 //! per algorithm; all skip backends that are down or already tried for the
 //! request, and none allocates per pick. docs/balancing.md describes them.
+//! `pick_or_fallback` is what the proxy calls: when passive health has left
+//! no backend to pick, it still tries the one that failed least recently.
 
 mod ip_hash;
 mod least_conn;
@@ -43,6 +45,21 @@ pub trait Balancer: Send {
     /// Index of the chosen backend among the available, not excluded ones;
     /// `None` when there is none.
     fn pick(&mut self, upstream: &UpstreamState, ctx: &PickContext) -> Option<usize>;
+}
+
+/// The balancer's pick; when it finds none because passive health took out
+/// every backend not yet tried, the least recently failed of those (never
+/// one the active check holds down, never one in `exclude`). A verdict
+/// drawn from past requests must not turn into an outage once the backends
+/// are back: only a request that gets through can show they are.
+pub fn pick_or_fallback(
+    balancer: &mut dyn Balancer,
+    upstream: &UpstreamState,
+    ctx: &PickContext,
+) -> Option<usize> {
+    balancer
+        .pick(upstream, ctx)
+        .or_else(|| upstream.least_recently_failed(ctx.exclude))
 }
 
 /// A balancer for one route's upstream, owned by one event loop. Build a new

@@ -22,7 +22,7 @@ fn upstream_at(ports: &[u16], weights: &[u32]) -> UpstreamState {
                 weight,
             })
             .collect(),
-        keepalive: 64,
+        keepalive: None,
         keepalive_timeout: Duration::from_secs(60),
         connect_timeout: Duration::from_secs(5),
         read_timeout: Duration::from_secs(30),
@@ -312,6 +312,43 @@ fn every_balancer_returns_none_without_backends_available() {
         u.record_failure(1, now);
         let mut b = new_balancer(alg, &u);
         assert_eq!(b.pick(&u, &ctx(now)), None, "{alg:?}");
+    }
+}
+
+#[test]
+fn every_balancer_falls_back_to_the_least_recently_failed_when_all_are_out() {
+    for alg in ALL {
+        let mut u = upstream(&[1, 1, 1]);
+        let now = Instant::now();
+        let ms = Duration::from_millis;
+        u.record_failure(2, now);
+        u.record_failure(0, now + ms(1));
+        u.record_failure(1, now + ms(2));
+        let mut b = new_balancer(alg, &u);
+        let at = now + ms(3);
+        assert_eq!(
+            pick_or_fallback(b.as_mut(), &u, &ctx(at)),
+            Some(2),
+            "{alg:?}"
+        );
+        let tried = [2];
+        let c = PickContext {
+            client_ip: ip(0),
+            exclude: &tried,
+            now: at,
+        };
+        assert_eq!(pick_or_fallback(b.as_mut(), &u, &c), Some(0), "{alg:?}");
+        // One in rotation again: the balancer's own pick, no fallback.
+        let mut u = upstream(&[1, 1, 1]);
+        u.record_failure(0, now);
+        u.record_failure(1, now);
+        for _ in 0..10 {
+            assert_eq!(
+                pick_or_fallback(b.as_mut(), &u, &ctx(at)),
+                Some(2),
+                "{alg:?}"
+            );
+        }
     }
 }
 

@@ -21,8 +21,8 @@ use std::time::Duration;
 
 pub use patch::REDACTED;
 pub use raw::{
-    ExpectStatus, RawAdmin, RawBackend, RawConfig, RawHealthCheck, RawMatch, RawRoute, RawServer,
-    RawUpstream, Size, Workers,
+    ExpectStatus, Keepalive, RawAdmin, RawBackend, RawConfig, RawHealthCheck, RawMatch, RawRoute,
+    RawServer, RawUpstream, Size, Workers,
 };
 pub use router::Router;
 pub use units::{format_duration, parse_duration};
@@ -69,8 +69,11 @@ pub struct AdminConfig {
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     pub backends: Vec<BackendConfig>,
-    /// Idle keep-alive connections kept per backend per event loop.
-    pub keepalive: usize,
+    /// Idle keep-alive connections kept per backend per event loop at most;
+    /// `None` (`auto`, the default): every connection that comes back is
+    /// kept, so the pool follows demand, and `keepalive_timeout` closes the
+    /// ones a quieter load no longer reaches (the pool is a stack).
+    pub keepalive: Option<usize>,
     pub keepalive_timeout: Duration,
     pub connect_timeout: Duration,
     /// Time to wait for response bytes from the backend (504 after it).
@@ -89,6 +92,13 @@ pub struct UpstreamConfig {
     pub queue_timeout: Duration,
     /// Active health checks (`upstream::probe`); `None` = off.
     pub health_check: Option<HealthCheckConfig>,
+}
+
+impl UpstreamConfig {
+    /// Idle connections the pool may keep per backend per event loop.
+    pub fn idle_limit(&self) -> usize {
+        self.keepalive.unwrap_or(usize::MAX)
+    }
 }
 
 /// `upstreams.NAME.health_check`, resolved: a `GET path` to each backend
@@ -257,7 +267,10 @@ impl Config {
                             weight: Some(b.weight),
                         })
                         .collect(),
-                    keepalive: Some(u.keepalive as u32),
+                    keepalive: Some(match u.keepalive {
+                        None => Keepalive::Auto,
+                        Some(n) => Keepalive::Count(n as u64),
+                    }),
                     keepalive_timeout: Some(format_duration(u.keepalive_timeout)),
                     connect_timeout: Some(format_duration(u.connect_timeout)),
                     read_timeout: Some(format_duration(u.read_timeout)),

@@ -59,7 +59,7 @@ pub struct RawAdmin {
 pub struct RawUpstream {
     pub backends: Vec<RawBackend>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub keepalive: Option<u32>,
+    pub keepalive: Option<Keepalive>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keepalive_timeout: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -169,6 +169,54 @@ impl<'de> Deserialize<'de> for Workers {
                     _ => s.parse().map(Workers::Count).map_err(|_| {
                         E::custom(format!(
                             "invalid workers \"{s}\"; write auto or a number of threads"
+                        ))
+                    }),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `upstreams.NAME.keepalive`: `auto` (the pool follows demand) or a cap
+/// on the idle connections kept per backend per event loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keepalive {
+    Auto,
+    Count(u64),
+}
+
+impl Serialize for Keepalive {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Keepalive::Auto => s.serialize_str("auto"),
+            Keepalive::Count(n) => s.serialize_u64(*n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Keepalive {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Keepalive;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("`auto` or a number of idle connections")
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Keepalive, E> {
+                Ok(Keepalive::Count(n))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Keepalive, E> {
+                u64::try_from(n)
+                    .map(Keepalive::Count)
+                    .map_err(|_| E::custom(format!("keepalive {n}; write auto or a number ≥ 0")))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Keepalive, E> {
+                match s {
+                    "auto" => Ok(Keepalive::Auto),
+                    _ => s.parse().map(Keepalive::Count).map_err(|_| {
+                        E::custom(format!(
+                            "invalid keepalive \"{s}\"; write auto or a number of idle connections"
                         ))
                     }),
                 }

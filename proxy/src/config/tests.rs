@@ -61,12 +61,12 @@ fn good_file_gets_defaults() {
             },
         ]
     );
-    assert_eq!(u.keepalive, 64);
+    assert_eq!(u.keepalive, None, "auto: the pool follows demand");
     assert_eq!(u.keepalive_timeout, Duration::from_secs(60));
     assert_eq!(u.connect_timeout, Duration::from_secs(5));
     assert_eq!(u.read_timeout, s.read_timeout);
     assert_eq!(u.write_timeout, s.write_timeout);
-    assert_eq!(u.max_fails, 1);
+    assert_eq!(u.max_fails, 3);
     assert_eq!(u.fail_timeout, Duration::from_secs(10));
     assert_eq!(u.retries, 2);
     let r = &c.routing["default"];
@@ -131,6 +131,7 @@ routing:
     match: { host: \"*.Example.com\", path_prefix: /api }
 ";
     let c = Config::from_yaml_str(text, "full.yaml").unwrap();
+    assert_eq!(c.upstreams["api"].keepalive, Some(0));
     assert_eq!(c.server.max_header_size, 32 * 1024);
     assert_eq!(c.server.graceful_timeout, Duration::ZERO);
     assert_eq!(c.admin.token.as_deref(), Some("s3cret"));
@@ -154,6 +155,22 @@ fn to_raw_round_trips_through_json_shape() {
     let again = Config::from_yaml_str(&yaml, "again.yaml").unwrap();
     assert_eq!(again.to_raw(), raw);
     assert_eq!(raw.upstreams["api"].read_timeout.as_deref(), Some("30s"));
+}
+
+#[test]
+fn keepalive_is_auto_or_a_cap_and_round_trips() {
+    for (written, resolved) in [("auto", None), ("128", Some(128)), ("\"16\"", Some(16))] {
+        let text = edit(10, false, &format!("    keepalive: {written}"));
+        let c = Config::from_yaml_str(&text, "proxy.yaml").unwrap();
+        let u = &c.upstreams["api"];
+        assert_eq!(u.keepalive, resolved, "{written}");
+        assert_eq!(u.idle_limit(), resolved.unwrap_or(usize::MAX));
+        let yaml = serde_yaml_ng::to_string(&c.to_raw()).unwrap();
+        let again = Config::from_yaml_str(&yaml, "again.yaml").unwrap();
+        assert_eq!(again.upstreams["api"].keepalive, resolved, "{yaml}");
+    }
+    let raw = Config::from_yaml_str(GOOD, "proxy.yaml").unwrap().to_raw();
+    assert_eq!(raw.upstreams["api"].keepalive, Some(Keepalive::Auto));
 }
 
 #[test]
@@ -247,6 +264,8 @@ fn bad_configs() -> Vec<(String, Option<usize>, &'static str, &'static str)> {
         (edit(10, false, "    retries: 1000"), Some(11), "upstreams.api.retries", "1000 retries"),
         (edit(10, false, "    max_conns: 5000000"), Some(11), "upstreams.api.max_conns", "up to 1000000"),
         (edit(10, false, "    max_conns: -1"), Some(11), "upstreams.api.max_conns", "expected u32"),
+        (edit(10, false, "    keepalive: 5000000"), Some(11), "upstreams.api.keepalive", "write auto (follow demand) or a number up to 1000000"),
+        (edit(10, false, "    keepalive: some"), Some(11), "upstreams.api.keepalive", "invalid keepalive \"some\""),
         (edit(10, false, "    queue_timeout: 0s"), Some(11), "upstreams.api.queue_timeout", "zero timeout"),
         // semantic: active health checks
         (edit(10, false, "    health_check: { path: healthz }"), Some(11), "upstreams.api.health_check.path", "must start with /"),

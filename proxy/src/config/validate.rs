@@ -4,7 +4,7 @@
 //! source is at hand, its line.
 
 use super::locate::Locator;
-use super::raw::{ExpectStatus, RawAdmin, RawConfig, RawHealthCheck, Size, Workers};
+use super::raw::{ExpectStatus, Keepalive, RawAdmin, RawConfig, RawHealthCheck, Size, Workers};
 use super::units::{parse_duration, parse_size};
 use super::{
     AdminConfig, Algorithm, BackendConfig, Config, ConfigError, HealthCheckConfig, RouteConfig,
@@ -26,10 +26,15 @@ pub const DEFAULT_MAX_HEADER_SIZE: u64 = 16 * 1024;
 pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), 9091);
 pub const DEFAULT_WEIGHT: u32 = 1;
-pub const DEFAULT_KEEPALIVE: u32 = 64;
+/// The pool follows demand (see `UpstreamConfig::keepalive`): a fixed cap
+/// churns, at 5,000 clients 64 idle connections per loop meant a connect
+/// and a close per request.
+pub const DEFAULT_KEEPALIVE: Keepalive = Keepalive::Auto;
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-pub const DEFAULT_MAX_FAILS: u32 = 1;
+/// Several failures, not one: a single failed request (a client that
+/// breaks the backend, one reset) must not take a backend out.
+pub const DEFAULT_MAX_FAILS: u32 = 3;
 pub const DEFAULT_FAIL_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_RETRIES: u32 = 2;
 pub const DEFAULT_BALANCER: Algorithm = Algorithm::RoundRobin;
@@ -309,9 +314,22 @@ impl Validator<'_> {
             &u.connect_timeout,
             DEFAULT_CONNECT_TIMEOUT,
         )?;
+        let keepalive = match u.keepalive.unwrap_or(DEFAULT_KEEPALIVE) {
+            Keepalive::Auto => None,
+            Keepalive::Count(n) if n <= u64::from(MAX_CONNS_PER_BACKEND) => Some(n as usize),
+            Keepalive::Count(n) => {
+                return Err(self.err(
+                    format!("{field}.keepalive"),
+                    format!(
+                        "{n} idle connections per backend per event loop; write auto \
+                         (follow demand) or a number up to {MAX_CONNS_PER_BACKEND}"
+                    ),
+                ))
+            }
+        };
         Ok(UpstreamConfig {
             backends,
-            keepalive: u.keepalive.unwrap_or(DEFAULT_KEEPALIVE) as usize,
+            keepalive,
             keepalive_timeout: self.duration(
                 &format!("{field}.keepalive_timeout"),
                 &u.keepalive_timeout,

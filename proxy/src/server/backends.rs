@@ -53,12 +53,18 @@ impl EventLoop {
         }
     }
 
-    pub(super) fn backend_failed(&mut self, u: usize, b: usize) {
+    /// A request failed on backend `b`; `toward_health` when it is the
+    /// request's first failure (later ones are counted, but take nobody out).
+    pub(super) fn backend_failed(&mut self, u: usize, b: usize, toward_health: bool) {
         if !self.known(u, b) {
             return;
         }
         let now = self.now;
-        self.routing.upstreams[u].record_failure(b, now);
+        if toward_health {
+            self.routing.upstreams[u].record_failure(b, now);
+        } else {
+            self.routing.upstreams[u].note_failure(b, now);
+        }
         let c = self.routing.counters[u][b];
         c.failures.fetch_add(1, Relaxed);
         if self.routing.upstreams[u].backends[b].health(now) == Health::Down {
@@ -72,8 +78,13 @@ impl EventLoop {
             return;
         }
         let now = self.now;
-        self.routing.upstreams[u].record_success(b, latency, now);
+        let back = self.routing.upstreams[u].record_success(b, latency, now);
         let c = self.routing.counters[u][b];
+        if back {
+            // It answered a request sent while it was out (the fallback):
+            // in rotation again here; other loops see it on their own.
+            c.down_until_ms.store(0, Relaxed);
+        }
         c.response_status(status);
         c.response.record(latency.as_secs_f64());
         let ewma = self.routing.upstreams[u].backends[b].ewma_ns;

@@ -373,7 +373,10 @@ impl EventLoop {
         let sizes: Vec<usize> = new.upstream_cfg.iter().map(|u| u.backends.len()).collect();
         self.pool = KeepAlivePool::new(&sizes);
         for (key, nu, nb) in pooled {
-            let kept = nu != ORPHAN && self.pool.put(nu, nb, key, new.upstream_cfg[nu].keepalive);
+            let kept = nu != ORPHAN
+                && self
+                    .pool
+                    .put(nu, nb, key, new.upstream_cfg[nu].idle_limit());
             if !kept {
                 self.close_upstream(key);
             }

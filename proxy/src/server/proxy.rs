@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::conn::{Entry, Exchange, Phase, HUP, READABLE, WRITABLE};
 use super::event_loop::{EventLoop, LINGER};
 use super::sockio;
-use crate::balancer::PickContext;
+use crate::balancer::{pick_or_fallback, PickContext};
 use crate::http::body::{BodyScan, Framing};
 use crate::http::errors::Reject;
 use crate::http::request::{parse_request_into, write_upstream_head, Method, RequestHead};
@@ -393,8 +393,11 @@ impl EventLoop {
                 exclude,
                 now: self.now,
             };
-            let mut picked =
-                self.routing.balancers[ex.route].pick(&self.routing.upstreams[u], &ctx);
+            let mut picked = pick_or_fallback(
+                self.routing.balancers[ex.route].as_mut(),
+                &self.routing.upstreams[u],
+                &ctx,
+            );
             if let Some(b) = picked.filter(|&b| within_limit && self.backend_full(u, b)) {
                 if full < MAX_FULL_SKIPPED {
                     skip[MAX_TRIED + full] = b;
@@ -423,7 +426,7 @@ impl EventLoop {
                 None => match self.open_upstream(u, b, ck) {
                     Ok(key) => (key, false),
                     Err(_) => {
-                        self.backend_failed(u, b);
+                        self.backend_failed(u, b, ex.tries == 0);
                         self.mark_tried(ex, b);
                         continue;
                     }
@@ -744,7 +747,7 @@ impl EventLoop {
         let (u, b) = (ex.upstream, ex.backend);
         self.backend_finished(u, b, ex.counters.take());
         if reusable && u < self.routing.upstreams.len() {
-            let limit = self.routing.upstream_cfg[u].keepalive;
+            let limit = self.routing.upstream_cfg[u].idle_limit();
             let up = self.upstream_mut(uk);
             up.client = None;
             up.reused = false;
@@ -779,7 +782,10 @@ impl EventLoop {
         if stale {
             ex.attempts -= 1;
         } else {
-            self.backend_failed(u, b);
+            // Only a request's first failure counts toward health: one
+            // request that breaks every backend it reaches (or a client's
+            // retries during an outage) must not take out more than one.
+            self.backend_failed(u, b, ex.tries == 0);
             self.mark_tried(ex, b);
         }
         let retry = match why {

@@ -21,24 +21,29 @@ impl EventLoop {
         cap > 0 && self.pool.idle(u, b) == 0 && self.slots.open(u, b) >= cap
     }
 
-    /// The first backend of `u` that is up, not in `tried` and not full.
+    /// The first backend of `u` that takes requests (up, or any while
+    /// passive health has taken out all), not in `tried` and not full.
     pub(super) fn backend_with_room(&self, u: usize, tried: &[usize]) -> Option<usize> {
         let state = &self.routing.upstreams[u];
+        let all_out = state.all_passively_out(self.now);
         (0..state.backends.len()).find(|&b| {
-            state.is_available(b, self.now) && !tried.contains(&b) && !self.backend_full(u, b)
+            state.takes_requests(b, self.now, all_out)
+                && !tried.contains(&b)
+                && !self.backend_full(u, b)
         })
     }
 
     /// Requests `u` can start now (idle connections plus room to connect)
-    /// on backends that are up; `usize::MAX` without a limit.
+    /// on backends that take requests; `usize::MAX` without a limit.
     fn free_slots(&self, u: usize) -> usize {
         let cap = self.max_conns(u);
         if cap == 0 {
             return usize::MAX;
         }
         let state = &self.routing.upstreams[u];
+        let all_out = state.all_passively_out(self.now);
         (0..state.backends.len())
-            .filter(|&b| state.is_available(b, self.now))
+            .filter(|&b| state.takes_requests(b, self.now, all_out))
             .map(|b| self.pool.idle(u, b) + cap.saturating_sub(self.slots.open(u, b)))
             .sum()
     }

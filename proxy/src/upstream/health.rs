@@ -3,6 +3,11 @@
 //! counters the admin API shows, the peak-EWMA latency p2c balances on, and
 //! the failure window that takes a backend out of rotation for a while.
 //! The active check's verdict (`upstream::probe`) is read from the board.
+//!
+//! Passive health only ever narrows the choice: a sole backend is never
+//! taken out, and when it has taken out every backend the balancers fall
+//! back to the one that failed least recently (`least_recently_failed`),
+//! so a wrong verdict costs a retry, never an outage of its own making.
 
 use crate::config::UpstreamConfig;
 use crate::control::board::BackendCounters;
@@ -32,6 +37,12 @@ pub struct BackendState {
     window_start: Option<Instant>,
     /// Marked down until then (skipped by every balancer).
     down_until: Option<Instant>,
+    /// When it was last marked down: a success of a request that started
+    /// after this shows the backend is back.
+    down_since: Option<Instant>,
+    /// The latest failure (counted toward health or not): orders the
+    /// fallback when every backend is out.
+    last_failure: Option<Instant>,
     /// Set when the backend went down; cleared by the first success after it
     /// came back. While set, one failure takes the backend down again: a
     /// backend that is still broken gets one request per fail_timeout, not
@@ -74,6 +85,8 @@ impl BackendState {
             window_fails: 0,
             window_start: None,
             down_until: None,
+            down_since: None,
+            last_failure: None,
             probing: false,
             active_health: &NO_ACTIVE_CHECK,
         }
@@ -156,6 +169,43 @@ impl UpstreamState {
         b.down_until.is_none_or(|t| now >= t) && !b.active_health.is_down()
     }
 
+    /// The active health check holds the backend out of rotation (passive
+    /// health aside: the fallback never overrides this verdict).
+    #[inline]
+    pub fn is_held_down(&self, idx: usize) -> bool {
+        self.backends[idx].active_health.is_down()
+    }
+
+    /// Passive health has taken out every backend the active check lets
+    /// through: requests go to them anyway (`least_recently_failed`).
+    pub fn all_passively_out(&self, now: Instant) -> bool {
+        let n = self.backends.len();
+        !(0..n).any(|i| self.is_available(i, now)) && (0..n).any(|i| !self.is_held_down(i))
+    }
+
+    /// Whether backend `idx` takes new requests: in rotation, or, while
+    /// `all_passively_out`, anything the active check does not hold down.
+    #[inline]
+    pub fn takes_requests(&self, idx: usize, now: Instant, all_out: bool) -> bool {
+        if all_out {
+            !self.is_held_down(idx)
+        } else {
+            self.is_available(idx, now)
+        }
+    }
+
+    /// The fallback pick when no backend is in rotation: of those not in
+    /// `exclude` and not held down by the active check, the one whose last
+    /// failure is the oldest (a backend that never failed first; ties to the
+    /// first listed). Each failed fallback makes its backend the most recent,
+    /// so a run of requests walks through the backends instead of hammering
+    /// one.
+    pub fn least_recently_failed(&self, exclude: &[usize]) -> Option<usize> {
+        (0..self.backends.len())
+            .filter(|i| !exclude.contains(i) && !self.is_held_down(*i))
+            .min_by_key(|&i| self.backends[i].last_failure)
+    }
+
     pub fn request_started(&mut self, idx: usize) {
         let b = &mut self.backends[idx];
         b.active += 1;
@@ -168,25 +218,51 @@ impl UpstreamState {
     }
 
     /// A response head arrived after `latency`: updates the peak EWMA.
-    pub fn record_success(&mut self, idx: usize, latency: Duration, now: Instant) {
+    /// True when this brought a backend that was down back into rotation
+    /// (the request was sent while it was down: the fallback).
+    pub fn record_success(&mut self, idx: usize, latency: Duration, now: Instant) -> bool {
         let b = &mut self.backends[idx];
         b.observe_latency(latency, now);
+        let Some(since) = b.down_since else {
+            return false; // never down, or back and answering: nothing to end
+        };
         // A success from a request sent before the backend went down says
-        // little; only a success after it came back ends the probation.
-        if b.down_until.is_none_or(|t| now >= t) {
-            b.probing = false;
+        // little; one sent after (while it was down, or once it came back)
+        // shows it works again and ends the penalty and the probation.
+        if now
+            .checked_sub(latency)
+            .is_none_or(|started| started < since)
+        {
+            return false;
         }
+        let was_down = b.down_until.is_some_and(|t| now < t);
+        b.probing = false;
+        b.down_until = None;
+        b.down_since = None;
+        was_down
+    }
+
+    /// A failure that does not count toward `max_fails`: shown in the
+    /// counters and ordering the fallback, but it takes nobody out (a
+    /// request's failures after its first, see `server::proxy`).
+    pub fn note_failure(&mut self, idx: usize, now: Instant) {
+        let b = &mut self.backends[idx];
+        b.failures += 1;
+        b.last_failure = Some(now);
     }
 
     /// Connect refused/timed out, reset or garbage: counts toward max_fails.
-    /// `max_fails: 0` turns passive health off (failures are still counted).
+    /// `max_fails: 0` turns passive health off (failures are still counted),
+    /// and so does being the upstream's only backend: taking it out could
+    /// only turn a failing backend into a 503 for everyone, and would keep
+    /// its recovery from being seen (the active check still can take it out).
     pub fn record_failure(&mut self, idx: usize, now: Instant) {
+        self.note_failure(idx, now);
         let (max_fails, fail_timeout) = (self.max_fails, self.fail_timeout);
-        let b = &mut self.backends[idx];
-        b.failures += 1;
-        if max_fails == 0 {
+        if max_fails == 0 || self.backends.len() == 1 {
             return;
         }
+        let b = &mut self.backends[idx];
         if b.down_until.is_some_and(|t| now < t) {
             // Already down: late failures of requests sent before do not
             // extend the penalty.
@@ -202,6 +278,7 @@ impl UpstreamState {
         b.window_fails += 1;
         if b.probing || b.window_fails >= max_fails {
             b.down_until = Some(now + fail_timeout);
+            b.down_since = Some(now);
             b.probing = true;
             b.window_fails = 0;
             b.window_start = None;
@@ -233,7 +310,7 @@ mod tests {
                     weight: 1,
                 })
                 .collect(),
-            keepalive: 64,
+            keepalive: None,
             keepalive_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(5),
             read_timeout: Duration::from_secs(30),
@@ -296,7 +373,7 @@ mod tests {
     #[test]
     fn failures_spread_wider_than_the_window_do_not_mark_down() {
         let t0 = Instant::now();
-        let mut u = upstream(1, 2, 10 * S);
+        let mut u = upstream(2, 2, 10 * S);
         u.record_failure(0, t0);
         u.record_failure(0, t0 + 11 * S); // the first one has aged out
         assert!(u.is_available(0, t0 + 11 * S));
@@ -307,7 +384,7 @@ mod tests {
     #[test]
     fn a_recovered_backend_that_fails_again_goes_down_at_once() {
         let t0 = Instant::now();
-        let mut u = upstream(1, 3, 10 * S);
+        let mut u = upstream(2, 3, 10 * S);
         for i in 0..3 {
             u.record_failure(0, t0 + i * S / 10);
         }
@@ -327,11 +404,64 @@ mod tests {
     #[test]
     fn failures_while_down_do_not_extend_it() {
         let t0 = Instant::now();
-        let mut u = upstream(1, 1, 10 * S);
+        let mut u = upstream(2, 1, 10 * S);
         u.record_failure(0, t0);
         u.record_failure(0, t0 + 9 * S);
         assert!(u.is_available(0, t0 + 10 * S));
         assert_eq!(u.backends[0].failures, 2);
+    }
+
+    #[test]
+    fn a_sole_backend_is_never_taken_out() {
+        let t0 = Instant::now();
+        let mut u = upstream(1, 1, 10 * S);
+        for i in 0..50 {
+            u.record_failure(0, t0 + i * S / 10);
+        }
+        assert!(u.is_available(0, t0 + 5 * S));
+        assert_eq!(u.backends[0].health(t0 + 5 * S), Health::Up);
+        assert_eq!(u.backends[0].failures, 50, "still counted");
+    }
+
+    #[test]
+    fn a_success_sent_while_down_brings_the_backend_back() {
+        let t0 = Instant::now();
+        let mut u = upstream(2, 1, 10 * S);
+        let ms = Duration::from_millis;
+        u.record_failure(0, t0);
+        // Sent before it went down: says nothing.
+        assert!(!u.record_success(0, ms(500), t0 + ms(100)));
+        assert!(!u.is_available(0, t0 + ms(100)));
+        // Sent after (the fallback tried it): back at once, not on probation.
+        assert!(u.record_success(0, ms(1), t0 + S));
+        assert!(u.is_available(0, t0 + S));
+        assert_eq!(u.backends[0].health(t0 + S), Health::Up);
+        u.record_failure(1, t0 + S);
+        assert!(
+            !u.is_available(1, t0 + S),
+            "the other one is unaffected: max_fails 1"
+        );
+    }
+
+    #[test]
+    fn the_fallback_takes_the_least_recently_failed_backend() {
+        let t0 = Instant::now();
+        let mut u = upstream(3, 1, 10 * S);
+        assert!(!u.all_passively_out(t0));
+        u.record_failure(1, t0);
+        u.record_failure(0, t0 + S);
+        u.record_failure(2, t0 + 2 * S);
+        let now = t0 + 3 * S;
+        assert!(u.all_passively_out(now));
+        assert!((0..3).all(|i| u.takes_requests(i, now, true)));
+        assert!(!u.takes_requests(0, now, false));
+        assert_eq!(u.least_recently_failed(&[]), Some(1));
+        assert_eq!(u.least_recently_failed(&[1]), Some(0));
+        assert_eq!(u.least_recently_failed(&[0, 1, 2]), None);
+        // A failure that does not count still moves it to the back.
+        u.note_failure(1, now);
+        assert_eq!(u.least_recently_failed(&[]), Some(0));
+        assert_eq!(u.backends[1].failures, 2);
     }
 
     #[test]

@@ -506,6 +506,12 @@ struct BackendState {
     active: AtomicUsize,
     released: AtomicBool,
     received: Mutex<Vec<Received>>,
+    /// Set by `stop`: the accept loop ends and drops the listener.
+    stopping: AtomicBool,
+    /// A handle on every open connection, by accept number, for `stop` to
+    /// shut down (removed when its connection ends, so it never holds one
+    /// open).
+    streams: Mutex<std::collections::HashMap<usize, TcpStream>>,
 }
 
 impl Backend {
@@ -542,15 +548,24 @@ impl Backend {
             active: AtomicUsize::new(0),
             released: AtomicBool::new(false),
             received: Mutex::new(Vec::new()),
+            stopping: AtomicBool::new(false),
+            streams: Mutex::new(std::collections::HashMap::new()),
         });
         let st = state.clone();
         thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
-                st.connections.fetch_add(1, Ordering::SeqCst);
+                if st.stopping.load(Ordering::SeqCst) {
+                    return; // drops the listener: connects are refused from now on
+                }
+                let n = st.connections.fetch_add(1, Ordering::SeqCst);
+                if let Ok(handle) = stream.try_clone() {
+                    st.streams.lock().unwrap().insert(n, handle);
+                }
                 let st = st.clone();
                 thread::spawn(move || {
                     let _ = serve(stream, &st);
+                    st.streams.lock().unwrap().remove(&n);
                     st.closed.fetch_add(1, Ordering::SeqCst);
                 });
             }
@@ -560,6 +575,29 @@ impl Backend {
             addr,
             state,
         }
+    }
+
+    /// Stops the backend as a process exit would: the listening socket
+    /// closes (connects are refused) and every open connection is closed.
+    /// Returns its address, for `Backend::start_on` to start it again.
+    pub fn stop(self) -> SocketAddr {
+        self.state.stopping.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag and drops the listener.
+        let _ = TcpStream::connect_timeout(&self.addr, IO_TIMEOUT);
+        let until = Instant::now() + IO_TIMEOUT;
+        while TcpStream::connect_timeout(&self.addr, Duration::from_millis(100)).is_ok() {
+            assert!(
+                Instant::now() < until,
+                "backend {} still accepts",
+                self.addr
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+        // The accept loop has ended: no connection can be added any more.
+        for s in self.state.streams.lock().unwrap().values() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        self.addr
     }
 
     /// Connections accepted so far.
