@@ -10,7 +10,7 @@ use crate::buffer::Buf;
 use crate::control::board::BackendCounters;
 use crate::http::body::{BodyScan, Framing};
 use crate::http::response::ClientSide;
-use crate::timer::Millis;
+use crate::timer::{Millis, Tick};
 
 pub(super) const READABLE: u8 = 1;
 pub(super) const WRITABLE: u8 = 2;
@@ -39,7 +39,7 @@ pub(super) struct ClientConn {
     pub gen: u32,
     pub deadline: Millis,
     /// Tick of this connection's live timer entry.
-    pub timer_tick: u32,
+    pub timer_tick: Tick,
     pub ready: u8,
     pub phase: Phase,
     pub peer: IpAddr,
@@ -52,7 +52,7 @@ pub(super) struct UpstreamConn {
     pub stream: TcpStream,
     pub gen: u32,
     pub deadline: Millis,
-    pub timer_tick: u32,
+    pub timer_tick: Tick,
     pub ready: u8,
     pub upstream: u16,
     pub backend: u16,

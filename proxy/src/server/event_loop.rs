@@ -22,7 +22,7 @@ use crate::control::board::{BackendCounters, Board};
 use crate::http::errors::Reject;
 use crate::http::request::Limits;
 use crate::stats::LoopStats;
-use crate::timer::{Millis, TimerWheel};
+use crate::timer::{Millis, Tick, TimerWheel};
 use crate::upstream::pool::KeepAlivePool;
 use crate::upstream::slots::{Slots, Waiter};
 use crate::upstream::UpstreamState;
@@ -163,7 +163,7 @@ pub struct EventLoop {
     open_connections: Arc<AtomicUsize>,
     pub(super) now: Instant,
     /// `now` on the timer wheel's clock, computed once per wake-up.
-    now_ms: Millis,
+    pub(super) now_ms: Millis,
     next_gen: u32,
     last_trim: Instant,
     /// Connections open per backend and the `max_conns` wait queues.
@@ -211,11 +211,13 @@ impl EventLoop {
             .map(|u| u.backends.len())
             .collect();
         Ok(EventLoop {
+        let wheel = TimerWheel::new(now);
             poll,
+            now_ms: wheel.millis(now),
+            wheel,
             listener,
             listener_ready: false,
             slab: Slab::with_capacity(1024),
-            wheel: TimerWheel::new(now),
             // Room for the largest head plus the headers the proxy adds.
             bufs: BufPool::new((max_head + 2048).max(16 * 1024), POOLED_BUFFERS),
             exchanges: Vec::new(),
@@ -232,7 +234,6 @@ impl EventLoop {
             limits,
             open_connections,
             now,
-            now_ms: 0,
             next_gen: 1,
             last_trim: now,
             slots: Slots::new(&sizes),
@@ -556,7 +557,7 @@ impl EventLoop {
         }
     }
 
-    fn set_tick(&mut self, key: usize, tick: u32) {
+    fn set_tick(&mut self, key: usize, tick: Tick) {
         match self.slab.get_mut(key) {
             Some(Entry::Client(c)) => c.timer_tick = tick,
             Some(Entry::Upstream(u)) => u.timer_tick = tick,
@@ -567,7 +568,7 @@ impl EventLoop {
     /// Moves a connection's deadline to `now + d`. Costs a wheel entry only
     /// when the deadline moves earlier than the entry already filed.
     pub(super) fn set_deadline(&mut self, key: usize, d: Duration) {
-        let d = d.as_millis().min(u32::MAX as u128) as u32;
+        let d = d.as_millis().min(Millis::MAX as u128) as Millis;
         self.set_deadline_at(key, self.now_ms.saturating_add(d));
     }
 
