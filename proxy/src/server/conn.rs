@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use mio::net::TcpStream;
 
+use super::min_rate::RateCredit;
 use crate::buffer::Buf;
 use crate::control::board::BackendCounters;
 use crate::http::body::{BodyScan, Framing};
@@ -115,6 +116,8 @@ pub(super) struct Exchange {
     /// Shared counters of the backend serving the request: kept here so the
     /// request leaves `active` even if a reconfiguration removed the backend.
     pub counters: Option<&'static BackendCounters>,
+    /// `server.min_rate`: the client's time credit while the proxy waits on it.
+    pub rate: RateCredit,
 }
 
 impl Exchange {
@@ -161,6 +164,7 @@ impl Exchange {
             status: 0,
             req_line: Vec::new(),
             counters: None,
+            rate: RateCredit::default(),
         }
     }
 

@@ -9,6 +9,7 @@ mod conn;
 mod event_loop;
 mod listener;
 mod proxy;
+mod min_rate;
 mod queue;
 mod sockio;
 

@@ -314,6 +314,8 @@ impl Cfg {
             fail_timeout: "10s",
             retries: 2,
             max_conns: 0,
+    /// Extra YAML under `server:` (indented two spaces).
+    pub extra_server: String,
             queue_timeout: "2s",
             extra_upstreams: String::new(),
             extra_routes: String::new(),
@@ -333,6 +335,7 @@ impl Cfg {
 
     /// The YAML text. The admin API gets port 0 so that tests running in
     /// parallel never fight over its default port.
+            extra_server: String::new(),
     pub fn yaml(&self) -> String {
         let backends: Vec<String> = self
             .backends
@@ -342,7 +345,7 @@ impl Cfg {
         format!(
             "server:\n  listen: \"127.0.0.1:0\"\n  workers: 1\n  max_conn: {max_conn}\n  \
              read_timeout: 10s\n  write_timeout: 10s\n  idle_timeout: 30s\n  \
-             header_timeout: {ht}\n  max_header_size: {mhs}\n\
+             header_timeout: {ht}\n  max_header_size: {mhs}\n{es}\
              admin:\n  listen: \"127.0.0.1:0\"\n\
              upstreams:\n  default:\n    backends: [ {backends} ]\n    keepalive: {ka}\n    \
              keepalive_timeout: 30s\n    connect_timeout: 2s\n    read_timeout: {rt}\n    \
@@ -368,6 +371,7 @@ impl Cfg {
 
     pub fn start(&self) -> Proxy {
         Proxy::start(&self.yaml())
+            es = self.extra_server,
     }
 }
 
