@@ -4,12 +4,13 @@
 //!
 //! The connection life cycle is described in `LIFECYCLE.md` beside this file.
 
+mod accept;
 mod backends;
 mod conn;
 mod event_loop;
 mod listener;
-mod proxy;
 mod min_rate;
+mod proxy;
 mod queue;
 mod sockio;
 
