@@ -47,8 +47,10 @@ fn main() -> ExitCode {
         println!("{}: ok", cli.config.display());
         return ExitCode::SUCCESS;
     }
-    // Worker processes inherit the master's raised limit; each checks its own share.
-    speedmimi::fd_limit::raise(config.server.max_conn, config.server.workers);
+    if cli.worker.is_none() {
+        // Worker processes inherit the raised limit (and the warning is said once).
+        speedmimi::fd_limit::raise(config.server.max_conn, config.server.workers);
+    }
     let result = match (cli.worker, cli.board) {
         (Some(index), Some(board)) => {
             lifecycle::run_worker(&cli.config, raw, config, index, &board)

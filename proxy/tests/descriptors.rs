@@ -20,10 +20,10 @@ fn open_descriptors(pid: u32) -> usize {
 fn backlog_is_served_once_descriptors_free_up_and_warnings_are_rate_limited() {
     let backend = Backend::start("A");
     let nofile = format!("--nofile={LIMIT}:{LIMIT}");
-    let p = Proxy::start_under(
-        &["prlimit", &nofile, "--"],
-        &Cfg::new(&[backend.addr]).yaml(),
-    );
+    let mut cfg = Cfg::new(&[backend.addr]);
+    // The idle connections must outlive the test, however slow the machine.
+    cfg.header_timeout = "60s";
+    let p = Proxy::start_under(&["prlimit", &nofile, "--"], &cfg.yaml());
     let admin = p.admin(); // its address, before descriptors run out
     wait_until("the start-up warning about max_conn", || {
         p.log().contains("RLIMIT_NOFILE is 64")

@@ -54,16 +54,11 @@ fn a_body_trickled_a_byte_a_second_gets_408_and_frees_the_backend_slot() {
             }
         })
     };
-    let started = Instant::now();
+    // read_timeout (10 s) never fires on a byte a second: only the rate
+    // rule can answer (the counter below says it did).
     let r = c.read_response();
     stop.store(true, Ordering::SeqCst);
     assert_eq!(r.status, 408, "{}", r.head);
-    // read_timeout (10 s) never fires on a byte a second: the rate rule did.
-    assert!(
-        started.elapsed() < Duration::from_secs(9),
-        "408 after {:?}",
-        started.elapsed()
-    );
     c.set_timeout(Duration::from_secs(3));
     assert!(c.is_closed(), "the connection closes after the 408");
     trickle.join().unwrap();
