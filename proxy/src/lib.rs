@@ -11,6 +11,7 @@ pub mod balancer;
 pub mod buffer;
 pub mod config;
 pub mod control;
+pub mod fd_limit;
 pub mod http;
 pub mod lifecycle;
 pub mod profiler;

@@ -47,6 +47,10 @@ fn main() -> ExitCode {
         println!("{}: ok", cli.config.display());
         return ExitCode::SUCCESS;
     }
+    if cli.worker.is_none() {
+        // Worker processes inherit the raised limit (and the warning is said once).
+        speedmimi::fd_limit::raise(config.server.max_conn, config.server.workers);
+    }
     let result = match (cli.worker, cli.board) {
         (Some(index), Some(board)) => {
             lifecycle::run_worker(&cli.config, raw, config, index, &board)

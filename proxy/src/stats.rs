@@ -23,6 +23,13 @@ pub struct LoopStats {
     /// of them answered 503 because `queue_timeout` passed.
     pub upstream_queued: AtomicU64,
     pub queue_timeouts: AtomicU64,
+    /// Clients cut off below `server.min_rate`: sending a request body
+    /// (answered 408 when no response byte went out yet), and reading a
+    /// response.
+    pub slow_request_bodies: AtomicU64,
+    pub slow_response_readers: AtomicU64,
+    /// accept(2) failures other than WouldBlock (EMFILE, ENFILE, ENOBUFS...).
+    pub accept_failures: AtomicU64,
     /// Error answers the proxy produced itself, by kind (index: `Reject as usize`).
     pub rejects: [AtomicU64; Reject::COUNT],
 }

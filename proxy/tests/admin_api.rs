@@ -84,6 +84,9 @@ fn counters(scale: u64) -> Counters {
         upstream_retries: scale,
         upstream_queued: scale,
         queue_timeouts: 0,
+        slow_request_bodies: 0,
+        slow_response_readers: 0,
+        accept_failures: 0,
         errors: vec![("bad_request", 400, 2 * scale), ("bad_gateway", 502, scale)],
     }
 }

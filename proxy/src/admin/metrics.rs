@@ -125,7 +125,7 @@ fn counter_families(
     } else {
         "one event loop"
     };
-    let simple: [CounterDef; 10] = [
+    let simple: [CounterDef; 13] = [
         ("connections", "Client connections accepted", |c| {
             c.connections_total
         }),
@@ -165,6 +165,21 @@ fn counter_families(
             "upstream_queue_timeouts",
             "Requests answered 503 after waiting queue_timeout for a connection",
             |c| c.queue_timeouts,
+        ),
+        (
+            "client_slow_request_bodies",
+            "Clients cut off for sending a request body below server.min_rate (408)",
+            |c| c.slow_request_bodies,
+        ),
+        (
+            "client_slow_response_readers",
+            "Clients closed for reading a response below server.min_rate",
+            |c| c.slow_response_readers,
+        ),
+        (
+            "accept_failures",
+            "accept(2) failures such as EMFILE (out of file descriptors)",
+            |c| c.accept_failures,
         ),
     ];
     family(

@@ -56,6 +56,12 @@ pub struct ServerConfig {
     pub graceful_timeout: Duration,
     /// Largest request head accepted (431 beyond it); also bounds the URI (414).
     pub max_header_size: usize,
+    /// Least transfer rate, bytes per second, of a client the proxy waits
+    /// on (request body, response reading); 0 = off. See `min_rate_grace`.
+    pub min_rate: u64,
+    /// How far behind `min_rate` a client may fall (and how much credit
+    /// for being ahead it may bank) before it is cut off.
+    pub min_rate_grace: Duration,
     /// One JSON line per request, to this file (or "stderr"); off when `None`.
     pub access_log: Option<String>,
 }
@@ -248,6 +254,8 @@ impl Config {
             header_timeout: Some(format_duration(s.header_timeout)),
             graceful_timeout: Some(format_duration(s.graceful_timeout)),
             max_header_size: Some(Size::Text(units::format_size(s.max_header_size as u64))),
+            min_rate: Some(Size::Text(units::format_size(s.min_rate))),
+            min_rate_grace: Some(format_duration(s.min_rate_grace)),
             access_log: s.access_log.clone(),
         };
         let admin = RawAdmin {

@@ -40,6 +40,12 @@ pub struct RawServer {
     pub graceful_timeout: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_header_size: Option<Size>,
+    /// Bytes per second a client must move while the proxy waits on it
+    /// (a request body, or reading a response); 0 turns the rule off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_rate: Option<Size>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_rate_grace: Option<String>,
     /// Where to write one JSON line per request: a file path, or "stderr".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<String>,

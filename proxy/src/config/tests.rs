@@ -45,6 +45,8 @@ fn good_file_gets_defaults() {
     assert_eq!(s.header_timeout, Duration::from_secs(10));
     assert_eq!(s.graceful_timeout, Duration::from_secs(30));
     assert_eq!(s.max_header_size, 16 * 1024);
+    assert_eq!(s.min_rate, 512);
+    assert_eq!(s.min_rate_grace, Duration::from_secs(30));
     assert_eq!(c.admin.listen, "127.0.0.1:9091".parse().unwrap());
     assert_eq!(c.admin.token, None);
     let u = &c.upstreams["api"];
@@ -108,6 +110,8 @@ server:
   header_timeout: 5s
   graceful_timeout: 0s
   max_header_size: 32KiB
+  min_rate: 2KiB
+  min_rate_grace: 5s
 admin:
   listen: \"0.0.0.0:9091\"
   token: s3cret
@@ -134,6 +138,8 @@ routing:
     assert_eq!(c.upstreams["api"].keepalive, Some(0));
     assert_eq!(c.server.max_header_size, 32 * 1024);
     assert_eq!(c.server.graceful_timeout, Duration::ZERO);
+    assert_eq!(c.server.min_rate, 2048);
+    assert_eq!(c.server.min_rate_grace, Duration::from_secs(5));
     assert_eq!(c.admin.token.as_deref(), Some("s3cret"));
     assert_eq!(
         c.upstreams["api"].backends[0].addr,
@@ -261,6 +267,10 @@ fn bad_configs() -> Vec<(String, Option<usize>, &'static str, &'static str)> {
         (edit(10, false, "    connect_timeout: 5"), Some(11), "upstreams.api.connect_timeout", "no unit"),
         (edit(5, false, "  max_header_size: 16 parsecs"), Some(6), "server.max_header_size", "invalid size"),
         (edit(5, false, "  max_header_size: 10"), Some(6), "server.max_header_size", "1KiB to 1MiB"),
+        (edit(5, false, "  min_rate: fast"), Some(6), "server.min_rate", "invalid size"),
+        (edit(5, false, "  min_rate: 2048MiB"), Some(6), "server.min_rate", "at most 1GiB"),
+        (edit(5, false, "  min_rate_grace: 0s"), Some(6), "server.min_rate_grace", "zero timeout"),
+        (edit(5, false, "  min_rate_grace: 2h"), Some(6), "server.min_rate_grace", "longer than 1h"),
         (edit(10, false, "    retries: 1000"), Some(11), "upstreams.api.retries", "1000 retries"),
         (edit(10, false, "    max_conns: 5000000"), Some(11), "upstreams.api.max_conns", "up to 1000000"),
         (edit(10, false, "    max_conns: -1"), Some(11), "upstreams.api.max_conns", "expected u32"),

@@ -23,6 +23,12 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_GRACEFUL_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_HEADER_SIZE: u64 = 16 * 1024;
+/// 512 B/s (4 kbit/s) is below any link still in use; a slowloris moving a
+/// byte a second is cut off after about `min_rate_grace`.
+pub const DEFAULT_MIN_RATE: u64 = 512;
+/// As long as the default `read_timeout`: a stall that timeout allows is
+/// never cut short by the rate rule.
+pub const DEFAULT_MIN_RATE_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), 9091);
 pub const DEFAULT_WEIGHT: u32 = 1;
@@ -57,6 +63,9 @@ const MIN_HEADER_SIZE: u64 = 1024;
 const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(10);
 const MAX_RISE_FALL: u32 = 100;
 const MAX_HEADER_SIZE: u64 = 1024 * 1024;
+/// A minimum rate above this would cut off healthy clients on fast links.
+const MAX_MIN_RATE: u64 = 1024 * 1024 * 1024;
+const MAX_MIN_RATE_GRACE: Duration = Duration::from_secs(3600);
 
 /// Validates `raw` into a `Config`. `origin` names the source in errors
 /// (a file name, or e.g. "PUT /api/v1/config"); `source_text`, when given,
@@ -153,6 +162,28 @@ impl Validator<'_> {
                 format!("{max_header_size} bytes; write a size from 1KiB to 1MiB"),
             ));
         }
+        let min_rate = match &s.min_rate {
+            None => DEFAULT_MIN_RATE,
+            Some(Size::Bytes(n)) => *n,
+            Some(Size::Text(t)) => parse_size(t).map_err(|m| self.err("server.min_rate", m))?,
+        };
+        if min_rate > MAX_MIN_RATE {
+            return Err(self.err(
+                "server.min_rate",
+                format!("{min_rate} bytes per second; write at most 1GiB, or 0 to turn it off"),
+            ));
+        }
+        let min_rate_grace = self.duration(
+            "server.min_rate_grace",
+            &s.min_rate_grace,
+            DEFAULT_MIN_RATE_GRACE,
+        )?;
+        if min_rate_grace > MAX_MIN_RATE_GRACE {
+            return Err(self.err(
+                "server.min_rate_grace",
+                "longer than 1h; write e.g. 30s (read_timeout still bounds each stall)",
+            ));
+        }
         Ok(ServerConfig {
             listen,
             workers,
@@ -184,6 +215,8 @@ impl Validator<'_> {
                 DEFAULT_GRACEFUL_TIMEOUT,
             )?,
             max_header_size: max_header_size as usize,
+            min_rate,
+            min_rate_grace,
             access_log: match &s.access_log {
                 Some(p) if p.trim().is_empty() => {
                     return Err(self.err(

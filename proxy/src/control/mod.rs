@@ -41,6 +41,12 @@ pub struct Counters {
     /// waited past `queue_timeout` (answered 503).
     pub upstream_queued: u64,
     pub queue_timeouts: u64,
+    /// Clients cut off below `server.min_rate`, sending a request body and
+    /// reading a response.
+    pub slow_request_bodies: u64,
+    pub slow_response_readers: u64,
+    /// accept(2) failures other than WouldBlock (EMFILE, ENFILE, ...).
+    pub accept_failures: u64,
     /// Answers the proxy produced itself: (kind, status, count), every kind listed.
     pub errors: Vec<(&'static str, u16, u64)>,
 }

@@ -24,6 +24,9 @@ fn counters_of(s: &LoopStats) -> Counters {
         upstream_retries: s.upstream_retries.load(Relaxed),
         upstream_queued: s.upstream_queued.load(Relaxed),
         queue_timeouts: s.queue_timeouts.load(Relaxed),
+        slow_request_bodies: s.slow_request_bodies.load(Relaxed),
+        slow_response_readers: s.slow_response_readers.load(Relaxed),
+        accept_failures: s.accept_failures.load(Relaxed),
         errors: Reject::ALL
             .iter()
             .map(|r| (r.name(), r.status(), s.rejects[*r as usize].load(Relaxed)))
@@ -43,6 +46,9 @@ fn add(total: &mut Counters, c: &Counters) {
     total.upstream_retries += c.upstream_retries;
     total.upstream_queued += c.upstream_queued;
     total.queue_timeouts += c.queue_timeouts;
+    total.slow_request_bodies += c.slow_request_bodies;
+    total.slow_response_readers += c.slow_response_readers;
+    total.accept_failures += c.accept_failures;
     if total.errors.is_empty() {
         total.errors = c.errors.clone();
     } else {

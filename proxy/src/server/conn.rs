@@ -6,11 +6,12 @@ use std::time::Instant;
 
 use mio::net::TcpStream;
 
+use super::min_rate::RateCredit;
 use crate::buffer::Buf;
 use crate::control::board::BackendCounters;
 use crate::http::body::{BodyScan, Framing};
 use crate::http::response::ClientSide;
-use crate::timer::Millis;
+use crate::timer::{Millis, Tick};
 
 pub(super) const READABLE: u8 = 1;
 pub(super) const WRITABLE: u8 = 2;
@@ -39,7 +40,7 @@ pub(super) struct ClientConn {
     pub gen: u32,
     pub deadline: Millis,
     /// Tick of this connection's live timer entry.
-    pub timer_tick: u32,
+    pub timer_tick: Tick,
     pub ready: u8,
     pub phase: Phase,
     pub peer: IpAddr,
@@ -52,7 +53,7 @@ pub(super) struct UpstreamConn {
     pub stream: TcpStream,
     pub gen: u32,
     pub deadline: Millis,
-    pub timer_tick: u32,
+    pub timer_tick: Tick,
     pub ready: u8,
     pub upstream: u16,
     pub backend: u16,
@@ -115,6 +116,8 @@ pub(super) struct Exchange {
     /// Shared counters of the backend serving the request: kept here so the
     /// request leaves `active` even if a reconfiguration removed the backend.
     pub counters: Option<&'static BackendCounters>,
+    /// `server.min_rate`: the client's time credit while the proxy waits on it.
+    pub rate: RateCredit,
 }
 
 impl Exchange {
@@ -161,6 +164,7 @@ impl Exchange {
             status: 0,
             req_line: Vec::new(),
             counters: None,
+            rate: RateCredit::default(),
         }
     }
 

@@ -12,6 +12,7 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
+use super::accept::AcceptPause;
 use super::backends::ORPHAN;
 use super::conn::{ClientConn, Entry, Exchange, Phase, UpstreamConn, HUP, READABLE, WRITABLE};
 use super::listener;
@@ -22,15 +23,13 @@ use crate::control::board::{BackendCounters, Board};
 use crate::http::errors::Reject;
 use crate::http::request::Limits;
 use crate::stats::LoopStats;
-use crate::timer::{Millis, TimerWheel};
+use crate::timer::{Millis, Tick, TimerWheel};
 use crate::upstream::pool::KeepAlivePool;
 use crate::upstream::slots::{Slots, Waiter};
 use crate::upstream::UpstreamState;
 
-const LISTENER: Token = Token(usize::MAX - 1);
+pub(super) const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
-/// Connections accepted per wake-up before other work gets a turn.
-const ACCEPT_BATCH: usize = 256;
 /// Free buffers of each size a quiet loop keeps; under load the pool keeps
 /// as many as the recent peak needed.
 const POOLED_BUFFERS: usize = 64;
@@ -137,8 +136,10 @@ pub enum LoopCommand {
 
 pub struct EventLoop {
     pub(super) poll: Poll,
-    listener: TcpListener,
-    listener_ready: bool,
+    pub(super) listener: TcpListener,
+    pub(super) listener_ready: bool,
+    /// Accepting paused after accept(2) ran out of descriptors (`accept.rs`).
+    pub(super) accept_pause: AcceptPause,
     pub(super) slab: Slab<Entry>,
     pub(super) wheel: TimerWheel,
     pub(super) bufs: BufPool,
@@ -163,7 +164,7 @@ pub struct EventLoop {
     open_connections: Arc<AtomicUsize>,
     pub(super) now: Instant,
     /// `now` on the timer wheel's clock, computed once per wake-up.
-    now_ms: Millis,
+    pub(super) now_ms: Millis,
     next_gen: u32,
     last_trim: Instant,
     /// Connections open per backend and the `max_conns` wait queues.
@@ -210,12 +211,15 @@ impl EventLoop {
             .iter()
             .map(|u| u.backends.len())
             .collect();
+        let wheel = TimerWheel::new(now);
         Ok(EventLoop {
+            now_ms: wheel.millis(now),
+            wheel,
             poll,
             listener,
             listener_ready: false,
+            accept_pause: AcceptPause::default(),
             slab: Slab::with_capacity(1024),
-            wheel: TimerWheel::new(now),
             // Room for the largest head plus the headers the proxy adds.
             bufs: BufPool::new((max_head + 2048).max(16 * 1024), POOLED_BUFFERS),
             exchanges: Vec::new(),
@@ -232,7 +236,6 @@ impl EventLoop {
             limits,
             open_connections,
             now,
-            now_ms: 0,
             next_gen: 1,
             last_trim: now,
             slots: Slots::new(&sizes),
@@ -250,6 +253,9 @@ impl EventLoop {
             } else {
                 self.wheel.next_timeout(self.now_ms)
             };
+            if let Some(retry) = self.accept_pause.retry_in(self.now) {
+                timeout = Some(timeout.map_or(retry, |t| t.min(retry)));
+            }
             if let Some(deadline) = self.drain_deadline {
                 let open = self.stats.connections_current.load(Relaxed);
                 if open <= 0 || self.now >= deadline {
@@ -268,7 +274,8 @@ impl EventLoop {
             for event in events.iter() {
                 let token = event.token();
                 if token == LISTENER {
-                    self.listener_ready = self.drain_deadline.is_none();
+                    self.listener_ready =
+                        self.drain_deadline.is_none() && !self.accept_pause.is_paused();
                     continue;
                 }
                 if token == WAKER {
@@ -288,6 +295,9 @@ impl EventLoop {
                 self.on_ready(token.0, ready);
             }
             self.run_handoffs();
+            if self.accept_pause.retry_due(self.now) {
+                self.resume_accepting();
+            }
             if self.listener_ready {
                 self.accept_batch();
             }
@@ -332,6 +342,7 @@ impl EventLoop {
             let mut old = std::mem::replace(&mut self.listener, fresh);
             let _ = self.poll.registry().deregister(&mut old);
             self.listener_ready = true;
+            self.accept_pause.clear(); // the fresh listener is registered
         }
         let mut new = Routing::new(config, self.board);
         let old = &self.routing;
@@ -400,7 +411,9 @@ impl EventLoop {
     fn start_drain(&mut self, deadline: Instant) {
         self.drain_deadline = Some(deadline);
         self.listener_ready = false;
-        let _ = self.poll.registry().deregister(&mut self.listener);
+        if !self.accept_pause.clear() {
+            let _ = self.poll.registry().deregister(&mut self.listener);
+        }
         let idle: Vec<usize> = self
             .slab
             .iter()
@@ -422,26 +435,11 @@ impl EventLoop {
         self.drain_deadline.is_some()
     }
 
-    fn accept_batch(&mut self) {
-        for _ in 0..ACCEPT_BATCH {
-            match self.listener.accept() {
-                Ok((stream, peer)) => self.on_accept(stream, peer),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.listener_ready = false;
-                    return;
-                }
-                Err(e) => {
-                    // EMFILE/ENFILE/ENOBUFS: back off until the next wake-up
-                    // instead of spinning on a listener we cannot serve.
-                    tracing::warn!("accept failed: {e}");
-                    self.listener_ready = false;
-                    return;
-                }
-            }
-        }
-    }
-
-    fn on_accept(&mut self, mut stream: mio::net::TcpStream, peer: std::net::SocketAddr) {
+    pub(super) fn on_accept(
+        &mut self,
+        mut stream: mio::net::TcpStream,
+        peer: std::net::SocketAddr,
+    ) {
         let _ = stream.set_nodelay(true);
         LoopStats::add(&self.stats.connections_total, 1);
         let refused = self.open_connections.load(Relaxed) >= self.routing.config.server.max_conn;
@@ -559,7 +557,7 @@ impl EventLoop {
         }
     }
 
-    fn set_tick(&mut self, key: usize, tick: u32) {
+    fn set_tick(&mut self, key: usize, tick: Tick) {
         match self.slab.get_mut(key) {
             Some(Entry::Client(c)) => c.timer_tick = tick,
             Some(Entry::Upstream(u)) => u.timer_tick = tick,
@@ -570,7 +568,7 @@ impl EventLoop {
     /// Moves a connection's deadline to `now + d`. Costs a wheel entry only
     /// when the deadline moves earlier than the entry already filed.
     pub(super) fn set_deadline(&mut self, key: usize, d: Duration) {
-        let d = d.as_millis().min(u32::MAX as u128) as u32;
+        let d = d.as_millis().min(Millis::MAX as u128) as Millis;
         self.set_deadline_at(key, self.now_ms.saturating_add(d));
     }
 
@@ -674,6 +672,7 @@ impl EventLoop {
             let (up, b) = (u.upstream as usize, u.backend as usize);
             self.slots.closed(up, b);
             self.hand_out_slots(up);
+            self.descriptor_freed();
         }
     }
 
@@ -691,6 +690,7 @@ impl EventLoop {
                 self.recycle_exchange(ex);
             }
             self.release_slot(!c.counted);
+            self.descriptor_freed();
         }
     }
 

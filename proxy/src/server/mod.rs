@@ -4,10 +4,12 @@
 //!
 //! The connection life cycle is described in `LIFECYCLE.md` beside this file.
 
+mod accept;
 mod backends;
 mod conn;
 mod event_loop;
 mod listener;
+mod min_rate;
 mod proxy;
 mod queue;
 mod sockio;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::conn::{Entry, Exchange, Phase, HUP, READABLE, WRITABLE};
 use super::event_loop::{EventLoop, LINGER};
+use super::min_rate::RateCredit;
 use super::sockio;
 use crate::balancer::{pick_or_fallback, PickContext};
 use crate::http::body::{BodyScan, Framing};
@@ -17,6 +18,7 @@ use crate::http::errors::Reject;
 use crate::http::request::{parse_request_into, write_upstream_head, Method, RequestHead};
 use crate::http::response::{parse_and_rewrite, ClientSide};
 use crate::stats::LoopStats;
+use crate::timer::Millis;
 
 /// Whether a connection stays after this turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,11 +116,16 @@ impl EventLoop {
 
     /// Puts the exchange back (or releases it when idle) and refreshes the
     /// deadline of a busy connection.
-    fn park(&mut self, ck: usize, ex: Box<Exchange>) {
+    fn park(&mut self, ck: usize, mut ex: Box<Exchange>) {
         let phase = self.client_mut(ck).phase;
         if phase == Phase::Busy {
-            let d = self.busy_timeout(ck, &ex);
-            self.set_deadline(ck, d);
+            let waiting = self.waiting_on(ck, &ex);
+            let d = self.busy_timeout(&ex, waiting);
+            let mut deadline = self.now_ms.saturating_add(d.as_millis() as Millis);
+            if let Some(out_of_credit) = self.charge_min_rate(&mut ex, waiting) {
+                deadline = deadline.min(out_of_credit);
+            }
+            self.set_deadline_at(ck, deadline);
         }
         if ex.is_idle() && phase != Phase::Closing {
             self.recycle_exchange(ex);
@@ -156,12 +163,12 @@ impl EventLoop {
         }
     }
 
-    fn busy_timeout(&self, ck: usize, ex: &Exchange) -> Duration {
+    fn busy_timeout(&self, ex: &Exchange, waiting: Waiting) -> Duration {
         let server = &self.routing.config.server;
         let Some(up) = self.routing.upstream_cfg.get(ex.upstream) else {
             return server.read_timeout; // reconfigured away: server timeouts only
         };
-        match self.waiting_on(ck, ex) {
+        match waiting {
             Waiting::Tunnel => server.idle_timeout,
             Waiting::Connect => up.connect_timeout,
             Waiting::ClientWrite => server.write_timeout,
@@ -171,6 +178,29 @@ impl EventLoop {
             Waiting::ClientBody | Waiting::UpstreamBody => server.read_timeout,
             Waiting::UpstreamResponse => up.read_timeout,
         }
+    }
+
+    /// `server.min_rate` (see `min_rate.rs`): brings the client's credit up
+    /// to now and returns when it runs out, if the proxy waits on the client.
+    fn charge_min_rate(&self, ex: &mut Exchange, waiting: Waiting) -> Option<Millis> {
+        let server = &self.routing.config.server;
+        if server.min_rate == 0 {
+            return None;
+        }
+        let on_client = matches!(waiting, Waiting::ClientBody | Waiting::ClientWrite);
+        let grace = server.min_rate_grace.as_millis() as u64;
+        ex.rate.wait(on_client, self.now_ms, server.min_rate, grace)
+    }
+
+    /// The client the proxy waits on has spent its `min_rate` credit.
+    fn below_min_rate(&self, ex: &mut Exchange, waiting: Waiting) -> bool {
+        let server = &self.routing.config.server;
+        let on_client = matches!(waiting, Waiting::ClientBody | Waiting::ClientWrite);
+        if server.min_rate == 0 || !on_client {
+            return false;
+        }
+        let grace = server.min_rate_grace.as_millis() as u64;
+        ex.rate.settle(self.now_ms, server.min_rate, grace) == 0
     }
 
     fn pump(&mut self, ck: usize, ex: &mut Exchange) -> Flow {
@@ -235,6 +265,9 @@ impl EventLoop {
                 buf.filled(n);
                 if n < want && c.ready & HUP == 0 {
                     c.ready &= !READABLE;
+                }
+                if ex.active {
+                    ex.rate.moved(n);
                 }
                 LoopStats::add(&self.stats.bytes_in, n as u64);
                 if c.phase == Phase::Idle {
@@ -332,6 +365,8 @@ impl EventLoop {
         ex.attempts = 0;
         ex.tried = [usize::MAX; MAX_TRIED];
         ex.started = self.now;
+        let grace = self.routing.config.server.min_rate_grace.as_millis() as u64;
+        ex.rate = RateCredit::full(grace, self.now_ms);
         match self.attach_backend(ck, ex, true) {
             Ok(Attached::Yes) => {}
             Ok(Attached::MustQueue) => return self.queue_request(ck, upstream),
@@ -667,6 +702,7 @@ impl EventLoop {
                 }
                 if ex.active {
                     ex.resp_started = true;
+                    ex.rate.moved(n);
                 }
                 LoopStats::add(&self.stats.bytes_out, n as u64);
                 if ex.resp_head.as_ref().is_some_and(|b| b.is_empty()) {
@@ -937,6 +973,20 @@ impl EventLoop {
                 }
             }
             Phase::Busy => match self.waiting_on(ck, &ex) {
+                // Below server.min_rate: like its timeout, but sooner.
+                waiting if self.below_min_rate(&mut ex, waiting) => {
+                    if waiting == Waiting::ClientWrite {
+                        LoopStats::add(&self.stats.slow_response_readers, 1);
+                        Step::Close
+                    } else {
+                        LoopStats::add(&self.stats.slow_request_bodies, 1);
+                        if ex.resp_started {
+                            Step::Close
+                        } else {
+                            self.reject(ck, &mut ex, Reject::RequestTimeout)
+                        }
+                    }
+                }
                 _ if ex.resp_started => Step::Close,
                 Waiting::Connect => {
                     self.upstream_failed(ck, &mut ex, UpstreamFailure::ConnectTimeout)

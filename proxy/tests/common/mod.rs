@@ -33,6 +33,13 @@ pub struct Proxy {
 impl Proxy {
     /// Starts the proxy on `yaml` and waits for its `listening on` line.
     pub fn start(yaml: &str) -> Proxy {
+        Proxy::start_under(&[], yaml)
+    }
+
+    /// Starts the proxy through `wrapper`, a command that ends by executing
+    /// the one after it, e.g. `prlimit --nofile=64:64 --` (the pid is then
+    /// the proxy's own).
+    pub fn start_under(wrapper: &[&str], yaml: &str) -> Proxy {
         let mut file = tempfile::Builder::new()
             .suffix(".yaml")
             .tempfile()
@@ -40,7 +47,16 @@ impl Proxy {
         file.write_all(yaml.as_bytes()).expect("write config");
         file.flush().expect("flush config");
         let log = tempfile::NamedTempFile::new().expect("temp log file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_speedmimi"))
+        let binary = env!("CARGO_BIN_EXE_speedmimi");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
+        let mut child = command
             .arg("--config")
             .arg(file.path())
             .env("RUST_LOG", "warn")
@@ -298,6 +314,8 @@ pub struct Cfg {
     pub extra_upstreams: String,
     /// Extra YAML under `routing:` (indented two spaces).
     pub extra_routes: String,
+    /// Extra YAML under `server:` (indented two spaces).
+    pub extra_server: String,
 }
 
 impl Cfg {
@@ -317,6 +335,7 @@ impl Cfg {
             queue_timeout: "2s",
             extra_upstreams: String::new(),
             extra_routes: String::new(),
+            extra_server: String::new(),
         }
     }
 
@@ -342,7 +361,7 @@ impl Cfg {
         format!(
             "server:\n  listen: \"127.0.0.1:0\"\n  workers: 1\n  max_conn: {max_conn}\n  \
              read_timeout: 10s\n  write_timeout: 10s\n  idle_timeout: 30s\n  \
-             header_timeout: {ht}\n  max_header_size: {mhs}\n\
+             header_timeout: {ht}\n  max_header_size: {mhs}\n{es}\
              admin:\n  listen: \"127.0.0.1:0\"\n\
              upstreams:\n  default:\n    backends: [ {backends} ]\n    keepalive: {ka}\n    \
              keepalive_timeout: 30s\n    connect_timeout: 2s\n    read_timeout: {rt}\n    \
@@ -352,6 +371,7 @@ impl Cfg {
             max_conn = self.max_conn,
             ht = self.header_timeout,
             mhs = self.max_header_size,
+            es = self.extra_server,
             backends = backends.join(", "),
             ka = self.keepalive,
             rt = self.upstream_read_timeout,

@@ -1,0 +1,160 @@
+//! Accepting new connections, and what happens when accept(2) fails for
+//! want of descriptors (EMFILE, ENFILE) or memory (ENOBUFS, ENOMEM).
+//!
+//! The backlog is still full then, but retrying on every wake-up would
+//! spin, and waiting for the next connection to arrive leaves those queued
+//! unserved. So the loop stops watching the listener, and tries again
+//! after a short, growing pause (10 ms up to 100 ms), or at once when one
+//! of its own connections closes and gives a descriptor back. The warning
+//! is logged at most once a second, with the count of the failures in
+//! between; every failure is counted (`accept_failures`).
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use mio::Interest;
+
+use super::event_loop::{EventLoop, LISTENER};
+use crate::stats::LoopStats;
+
+/// Connections accepted per wake-up before other work gets a turn.
+const ACCEPT_BATCH: usize = 256;
+const RETRY_FIRST: Duration = Duration::from_millis(10);
+const RETRY_MAX: Duration = Duration::from_millis(100);
+const WARN_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Default)]
+pub(super) struct AcceptPause {
+    /// Paused (listener deregistered) until this.
+    until: Option<Instant>,
+    /// The next pause's length.
+    next: Duration,
+    /// When the last warning was logged; failures since then.
+    warned: Option<Instant>,
+    unlogged: u64,
+}
+
+impl AcceptPause {
+    pub fn is_paused(&self) -> bool {
+        self.until.is_some()
+    }
+
+    /// How long the loop may sleep before the next retry, when paused.
+    pub fn retry_in(&self, now: Instant) -> Option<Duration> {
+        self.until.map(|t| t.saturating_duration_since(now))
+    }
+
+    pub fn retry_due(&self, now: Instant) -> bool {
+        self.until.is_some_and(|t| now >= t)
+    }
+
+    /// Ends the pause without re-registering; true when it was paused (the
+    /// listener is then not registered).
+    pub fn clear(&mut self) -> bool {
+        self.until.take().is_some()
+    }
+
+    /// The pause after a failure at `now`: 10 ms, doubling up to 100 ms.
+    fn pause(&mut self, now: Instant) {
+        self.next = (self.next * 2).clamp(RETRY_FIRST, RETRY_MAX);
+        self.until = Some(now + self.next);
+    }
+
+    /// An accept worked: the next failure starts over at the shortest
+    /// pause. Returns the failures no warning has reported yet.
+    fn recovered(&mut self) -> u64 {
+        self.next = Duration::ZERO;
+        std::mem::take(&mut self.unlogged)
+    }
+
+    /// Whether to log this failure; else it is counted for the next line.
+    fn should_warn(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .warned
+            .is_some_and(|t| now.saturating_duration_since(t) < WARN_EVERY)
+        {
+            self.unlogged += 1;
+            return None;
+        }
+        self.warned = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
+}
+
+/// Failures that say nothing about the listener: the next accept may work.
+fn transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted
+    ) || e.raw_os_error() == Some(libc::EPROTO)
+}
+
+impl EventLoop {
+    pub(super) fn accept_batch(&mut self) {
+        for _ in 0..ACCEPT_BATCH {
+            match self.listener.accept() {
+                Ok((stream, peer)) => {
+                    let unlogged = self.accept_pause.recovered();
+                    if unlogged > 0 {
+                        tracing::info!("accept works again ({unlogged} failures not logged)");
+                    }
+                    self.on_accept(stream, peer);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.listener_ready = false;
+                    return;
+                }
+                Err(e) if transient(&e) => continue,
+                Err(e) => {
+                    self.accept_failed(&e);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// EMFILE and the like: stop watching the listener until a retry.
+    fn accept_failed(&mut self, e: &io::Error) {
+        LoopStats::add(&self.stats.accept_failures, 1);
+        if let Some(unlogged) = self.accept_pause.should_warn(self.now) {
+            if unlogged == 0 {
+                tracing::warn!(
+                    "accept failed: {e}; new connections wait in the backlog, retrying within {RETRY_MAX:?}"
+                );
+            } else {
+                tracing::warn!(
+                    "accept failed: {e} ({unlogged} more failures since the last warning)"
+                );
+            }
+        }
+        self.listener_ready = false;
+        if !self.accept_pause.is_paused() {
+            let _ = self.poll.registry().deregister(&mut self.listener);
+        }
+        self.accept_pause.pause(self.now);
+    }
+
+    /// Watches the listener again and tries the backlog at once.
+    pub(super) fn resume_accepting(&mut self) {
+        if !self.accept_pause.clear() || self.draining() {
+            return;
+        }
+        let registered =
+            self.poll
+                .registry()
+                .register(&mut self.listener, LISTENER, Interest::READABLE);
+        match registered {
+            Ok(()) => self.listener_ready = true,
+            // Out of memory for the epoll entry as well: later.
+            Err(e) => self.accept_failed(&e),
+        }
+    }
+
+    /// A connection of this loop closed: if accepting is paused, the
+    /// descriptor it gave back may take a connection from the backlog.
+    pub(super) fn descriptor_freed(&mut self) {
+        if self.accept_pause.is_paused() {
+            self.resume_accepting();
+        }
+    }
+}
