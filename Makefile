@@ -5,7 +5,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 RELEASE := $(TARGET_DIR)/release
 LOADGEN := $(RELEASE)/loadgen
 
-.PHONY: bench-reconfig all build build-prod test lint fmt bench bench-peers peers-table bench-loadgen \
+.PHONY: bench-reconfig bench-faults all build build-prod test lint fmt bench bench-peers peers-table bench-loadgen \
         report test-million scale-100k gate profile fuzz clean
 
 all: build
@@ -73,6 +73,14 @@ scale-100k: build
 # API switches the balancer and adds/removes a backend every second.
 bench-reconfig: build
 	SPEEDMIMI=target/release/speedmimi LOADGEN=target/release/loadgen ci/bench-reconfig.sh
+
+# Faults under load (ci/bench_faults.py): a backend killed and restarted, a
+# worker process killed, SIGHUP every second, 10,000 slowloris clients, the
+# proxy out of file descriptors, the access log's disk full. Errors, requests
+# served and time to recover per scenario; results/bench-faults.txt. About 3
+# minutes; run as root (it mounts a 64 KiB tmpfs).
+bench-faults: build
+	SPEEDMIMI=$(RELEASE)/speedmimi LOADGEN=$(LOADGEN) ci/bench_faults.py
 
 # CI performance gate: speedmimi vs nginx ratios (5 interleaved rounds) against
 # the floors in ci/gates.yaml, and callgrind instructions per request against
