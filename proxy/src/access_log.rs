@@ -20,7 +20,8 @@ const BATCH_AGE: Duration = Duration::from_millis(200);
 #[derive(Clone)]
 pub struct AccessLog {
     tx: SyncSender<Vec<u8>>,
-    /// Lines dropped because the writer fell behind.
+    /// Lines the writer could not write (disk full, closed), until a loop
+    /// claims them into its counters.
     pub dropped: Arc<AtomicU64>,
 }
 
@@ -33,13 +34,12 @@ impl AccessLog {
             Box::new(OpenOptions::new().create(true).append(true).open(target)?)
         };
         let (tx, rx) = sync_channel(QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let writer_dropped = dropped.clone();
         std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_batches(rx, out))?;
-        Ok(AccessLog {
-            tx,
-            dropped: Arc::new(AtomicU64::new(0)),
-        })
+            .spawn(move || write_batches(rx, out, &writer_dropped))?;
+        Ok(AccessLog { tx, dropped })
     }
 
     pub fn for_loop(&self) -> LoopLog {
@@ -48,14 +48,19 @@ impl AccessLog {
             batch: Vec::with_capacity(BATCH_BYTES),
             lines: 0,
             oldest: None,
+            dropped: 0,
         }
     }
 }
 
-fn write_batches(rx: Receiver<Vec<u8>>, mut out: Box<dyn Write + Send>) {
+/// Writes batches until the loops are gone. A batch that cannot be written
+/// (disk full) is counted as dropped and the next one is tried: logging
+/// resumes once there is room again.
+fn write_batches(rx: Receiver<Vec<u8>>, mut out: Box<dyn Write + Send>, dropped: &AtomicU64) {
     while let Ok(batch) = rx.recv() {
         if out.write_all(&batch).is_err() {
-            return; // disk full or closed: the loops will start dropping
+            let lines = memchr::memchr_iter(b'\n', &batch).count() as u64;
+            dropped.fetch_add(lines, Relaxed);
         }
         let _ = out.flush();
     }
@@ -67,6 +72,9 @@ pub struct LoopLog {
     batch: Vec<u8>,
     lines: u64,
     oldest: Option<Instant>,
+    /// Lines dropped (by this loop or the writer) not yet in the loop's
+    /// counters; see `take_dropped`.
+    dropped: u64,
 }
 
 /// What a line says about one request.
@@ -130,11 +138,21 @@ impl LoopLog {
         match self.log.tx.try_send(batch) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.log.dropped.fetch_add(self.lines, Relaxed);
+                self.dropped += self.lines;
             }
         }
         self.lines = 0;
         self.oldest = None;
+    }
+
+    /// Lines dropped since the last call (this loop's and the writer's),
+    /// for the loop's counters. A plain load per loop turn; the shared
+    /// counter is only written when lines are dropped.
+    pub fn take_dropped(&mut self) -> u64 {
+        if self.log.dropped.load(Relaxed) > 0 {
+            self.dropped += self.log.dropped.swap(0, Relaxed);
+        }
+        std::mem::take(&mut self.dropped)
     }
 }
 

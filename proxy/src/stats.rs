@@ -30,6 +30,8 @@ pub struct LoopStats {
     pub slow_response_readers: AtomicU64,
     /// accept(2) failures other than WouldBlock (EMFILE, ENFILE, ENOBUFS...).
     pub accept_failures: AtomicU64,
+    /// Access-log lines dropped: the writer fell behind or the disk is full.
+    pub access_log_dropped: AtomicU64,
     /// Error answers the proxy produced itself, by kind (index: `Reject as usize`).
     pub rejects: [AtomicU64; Reject::COUNT],
 }

@@ -87,6 +87,7 @@ fn counters(scale: u64) -> Counters {
         slow_request_bodies: 0,
         slow_response_readers: 0,
         accept_failures: 0,
+        access_log_dropped: 0,
         errors: vec![("bad_request", 400, 2 * scale), ("bad_gateway", 502, scale)],
     }
 }

@@ -125,7 +125,7 @@ fn counter_families(
     } else {
         "one event loop"
     };
-    let simple: [CounterDef; 13] = [
+    let simple: [CounterDef; 14] = [
         ("connections", "Client connections accepted", |c| {
             c.connections_total
         }),
@@ -180,6 +180,11 @@ fn counter_families(
             "accept_failures",
             "accept(2) failures such as EMFILE (out of file descriptors)",
             |c| c.accept_failures,
+        ),
+        (
+            "access_log_dropped_lines",
+            "Access-log lines dropped because the writer fell behind or the disk is full",
+            |c| c.access_log_dropped,
         ),
     ];
     family(

@@ -47,6 +47,8 @@ pub struct Counters {
     pub slow_response_readers: u64,
     /// accept(2) failures other than WouldBlock (EMFILE, ENFILE, ...).
     pub accept_failures: u64,
+    /// Access-log lines dropped (writer behind, disk full).
+    pub access_log_dropped: u64,
     /// Answers the proxy produced itself: (kind, status, count), every kind listed.
     pub errors: Vec<(&'static str, u16, u64)>,
 }

@@ -27,6 +27,7 @@ fn counters_of(s: &LoopStats) -> Counters {
         slow_request_bodies: s.slow_request_bodies.load(Relaxed),
         slow_response_readers: s.slow_response_readers.load(Relaxed),
         accept_failures: s.accept_failures.load(Relaxed),
+        access_log_dropped: s.access_log_dropped.load(Relaxed),
         errors: Reject::ALL
             .iter()
             .map(|r| (r.name(), r.status(), s.rejects[*r as usize].load(Relaxed)))
@@ -49,6 +50,7 @@ fn add(total: &mut Counters, c: &Counters) {
     total.slow_request_bodies += c.slow_request_bodies;
     total.slow_response_readers += c.slow_response_readers;
     total.accept_failures += c.accept_failures;
+    total.access_log_dropped += c.access_log_dropped;
     if total.errors.is_empty() {
         total.errors = c.errors.clone();
     } else {

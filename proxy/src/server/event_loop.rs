@@ -309,6 +309,10 @@ impl EventLoop {
             self.maybe_trim();
             if let Some(log) = self.log.as_mut() {
                 log.flush_if_due(self.now);
+                let dropped = log.take_dropped();
+                if dropped > 0 {
+                    LoopStats::add(&self.stats.access_log_dropped, dropped);
+                }
             }
         }
     }

@@ -1,0 +1,39 @@
+//! The access log on a full disk: clients never see an error, the dropped
+//! lines are counted in /metrics, and logging goes on (a line that cannot
+//! be written is dropped, not the log). /dev/full fails every write with
+//! ENOSPC, as a full file system does.
+
+mod common;
+
+use common::*;
+
+fn dropped_lines(admin: &Admin) -> u64 {
+    let metrics = admin.get("/metrics").body;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("speedmimi_access_log_dropped_lines_total "))
+        .unwrap_or_else(|| panic!("no access_log_dropped_lines in\n{metrics}"))
+        .parse::<f64>()
+        .unwrap() as u64
+}
+
+#[test]
+fn a_full_disk_drops_lines_counted_never_requests() {
+    let b = Backend::start("a");
+    let mut cfg = Cfg::new(&[b.addr]);
+    cfg.extra_server = "  access_log: /dev/full\n".into();
+    let p = cfg.start();
+    let admin = p.admin();
+    let mut c = p.client();
+    for _ in 0..20 {
+        assert_eq!(c.get("/").status, 200);
+    }
+    // The batch goes to the writer within BATCH_AGE; the failed write is
+    // counted, and a later batch is tried again (and counted again).
+    wait_until("20 dropped lines", || dropped_lines(&admin) >= 20);
+    for _ in 0..5 {
+        assert_eq!(c.get("/").status, 200);
+    }
+    wait_until("25 dropped lines", || dropped_lines(&admin) >= 25);
+    assert_eq!(dropped_lines(&admin), 25);
+}
