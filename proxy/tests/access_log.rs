@@ -36,4 +36,9 @@ fn a_full_disk_drops_lines_counted_never_requests() {
     }
     wait_until("25 dropped lines", || dropped_lines(&admin) >= 25);
     assert_eq!(dropped_lines(&admin), 25);
+    let stats = admin.get("/api/v1/stats/server").body;
+    assert!(
+        stats.contains("\"access_log_dropped_lines\": 25"),
+        "{stats}"
+    );
 }

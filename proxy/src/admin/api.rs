@@ -141,6 +141,12 @@ fn counters_json(c: &Counters) -> Value {
             "queued": c.upstream_queued,
             "queue_timeouts": c.queue_timeouts,
         },
+        "guards": {
+            "slow_request_bodies": c.slow_request_bodies,
+            "slow_response_readers": c.slow_response_readers,
+            "accept_failures": c.accept_failures,
+            "access_log_dropped_lines": c.access_log_dropped,
+        },
         "errors": errors,
     })
 }
