@@ -124,12 +124,9 @@ impl<'a> ConnectionTokens<'a> {
         }
         true
     }
-    /// Whether any of `lower` (lower-case names) is listed.
-    pub fn names_any(&self, lower: &[&str]) -> bool {
-        self.len > 0
-            && self.tokens[..self.len]
-                .iter()
-                .any(|t| lower.iter().any(|l| t.eq_ignore_ascii_case(l.as_bytes())))
+    /// Whether any of `names` is listed.
+    pub fn names_any(&self, names: &[&str]) -> bool {
+        names.iter().any(|n| self.names(n))
     }
     pub fn names(&self, name: &str) -> bool {
         self.tokens[..self.len]
