@@ -7,15 +7,7 @@ mod common;
 
 use common::*;
 
-fn dropped_lines(admin: &Admin) -> u64 {
-    let metrics = admin.get("/metrics").body;
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("speedmimi_access_log_dropped_lines_total "))
-        .unwrap_or_else(|| panic!("no access_log_dropped_lines in\n{metrics}"))
-        .parse::<f64>()
-        .unwrap() as u64
-}
+const DROPPED: &str = "speedmimi_access_log_dropped_lines_total";
 
 #[test]
 fn a_full_disk_drops_lines_counted_never_requests() {
@@ -30,12 +22,12 @@ fn a_full_disk_drops_lines_counted_never_requests() {
     }
     // The batch goes to the writer within BATCH_AGE; the failed write is
     // counted, and a later batch is tried again (and counted again).
-    wait_until("20 dropped lines", || dropped_lines(&admin) >= 20);
+    wait_until("20 dropped lines", || p.metric(DROPPED) as u64 >= 20);
     for _ in 0..5 {
         assert_eq!(c.get("/").status, 200);
     }
-    wait_until("25 dropped lines", || dropped_lines(&admin) >= 25);
-    assert_eq!(dropped_lines(&admin), 25);
+    wait_until("25 dropped lines", || p.metric(DROPPED) as u64 >= 25);
+    assert_eq!(p.metric(DROPPED) as u64, 25);
     let stats = admin.get("/api/v1/stats/server").body;
     assert!(
         stats.contains("\"access_log_dropped_lines\": 25"),

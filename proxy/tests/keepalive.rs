@@ -21,6 +21,24 @@ fn sequential_requests_on_one_client_connection_reuse_one_upstream_connection() 
     assert_eq!(b.connections(), 1);
 }
 
+/// `clients` keep-alive clients at once, each sending `per_client` GETs
+/// that must all get 200.
+fn keep_alive_clients(addr: std::net::SocketAddr, clients: usize, per_client: usize) {
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                for _ in 0..per_client {
+                    assert_eq!(c.get("/").status, 200);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client thread");
+    }
+}
+
 #[test]
 fn concurrent_clients_use_at_most_one_upstream_connection_each() {
     const K: usize = 4;
@@ -30,19 +48,7 @@ fn concurrent_clients_use_at_most_one_upstream_connection_each() {
     cfg.keepalive = 8; // K ≤ keepalive
     let p = cfg.start();
     let addr = p.addr;
-    let threads: Vec<_> = (0..K)
-        .map(|_| {
-            std::thread::spawn(move || {
-                let mut c = Client::connect(addr);
-                for _ in 0..PER_CLIENT {
-                    assert_eq!(c.get("/").status, 200);
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().expect("client thread");
-    }
+    keep_alive_clients(addr, K, PER_CLIENT);
     assert_eq!(b.requests(), K * PER_CLIENT);
     assert!(
         b.connections() <= K,
@@ -383,19 +389,7 @@ fn the_default_pool_follows_demand_instead_of_reconnecting() {
         .collect();
     let p = Proxy::start(&yaml);
     let addr = p.addr;
-    let threads: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            std::thread::spawn(move || {
-                let mut c = Client::connect(addr);
-                for _ in 0..PER_CLIENT {
-                    assert_eq!(c.get("/").status, 200);
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().expect("client thread");
-    }
+    keep_alive_clients(addr, CLIENTS, PER_CLIENT);
     assert_eq!(b.requests(), CLIENTS * PER_CLIENT);
     // At most one backend connection per request in flight, and nothing
     // closed that a later request then had to reopen.

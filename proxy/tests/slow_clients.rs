@@ -21,16 +21,6 @@ fn strict(backend: SocketAddr) -> Cfg {
     cfg
 }
 
-/// An unlabelled sample of the proxy's `/metrics`.
-fn metric(p: &Proxy, name: &str) -> f64 {
-    let text = p.admin().get("/metrics").body;
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit_once(' '))
-        .map(|(_, v)| v.parse().unwrap())
-        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
-}
-
 #[test]
 fn a_body_trickled_a_byte_a_second_gets_408_and_frees_the_backend_slot() {
     let backend = Backend::start("A");
@@ -66,12 +56,9 @@ fn a_body_trickled_a_byte_a_second_gets_408_and_frees_the_backend_slot() {
     let mut next = p.client();
     let r = next.get("/");
     assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(p.metric("speedmimi_client_slow_request_bodies_total"), 1.0);
     assert_eq!(
-        metric(&p, "speedmimi_client_slow_request_bodies_total"),
-        1.0
-    );
-    assert_eq!(
-        metric(&p, "speedmimi_client_slow_response_readers_total"),
+        p.metric("speedmimi_client_slow_response_readers_total"),
         0.0
     );
     p.assert_alive();
@@ -122,13 +109,10 @@ fn a_client_reading_a_large_response_too_slowly_is_closed() {
     assert!(got < size, "the whole response arrived ({got} bytes)");
     wait_until("the backend connection to close", || backend.closed() == 1);
     assert_eq!(
-        metric(&p, "speedmimi_client_slow_response_readers_total"),
+        p.metric("speedmimi_client_slow_response_readers_total"),
         1.0
     );
-    assert_eq!(
-        metric(&p, "speedmimi_client_slow_request_bodies_total"),
-        0.0
-    );
+    assert_eq!(p.metric("speedmimi_client_slow_request_bodies_total"), 0.0);
 }
 
 #[test]
@@ -158,12 +142,9 @@ fn clients_at_full_speed_are_untouched_by_the_minimum_rate() {
     // A pause shorter than the grace between requests is idle time, not owed.
     thread::sleep(Duration::from_millis(1500));
     assert_eq!(c.get("/").status, 200);
+    assert_eq!(p.metric("speedmimi_client_slow_request_bodies_total"), 0.0);
     assert_eq!(
-        metric(&p, "speedmimi_client_slow_request_bodies_total"),
-        0.0
-    );
-    assert_eq!(
-        metric(&p, "speedmimi_client_slow_response_readers_total"),
+        p.metric("speedmimi_client_slow_response_readers_total"),
         0.0
     );
 }

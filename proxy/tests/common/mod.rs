@@ -138,6 +138,16 @@ impl Proxy {
     }
 
     /// A client of the proxy's admin API.
+    /// An unlabelled sample of the proxy's `/metrics`.
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = self.admin().get("/metrics").body;
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit_once(' '))
+            .map(|(_, v)| v.parse().unwrap())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    }
+
     pub fn admin(&self) -> Admin {
         Admin {
             addr: self.admin_addr(),
