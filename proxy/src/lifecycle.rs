@@ -36,10 +36,18 @@ use crate::upstream::probe::Prober;
 const POLL: Duration = Duration::from_millis(100);
 const APPLY_WAIT: Duration = Duration::from_secs(5);
 
-/// Starts the admin API for a control plane; set by the binary when the
-/// admin module is compiled in. Returns a guard that stops it on drop.
-pub type AdminStarter =
-    fn(&Config, Arc<dyn ControlPlane>) -> io::Result<(SocketAddr, Box<dyn std::any::Any + Send>)>;
+/// The admin API as the life cycle sees it: serving a control plane,
+/// told when SIGHUP changed the token, stopped when dropped.
+pub trait AdminApi: Send {
+    fn local_addr(&self) -> SocketAddr;
+    /// Replaces the bearer token (refusals say why).
+    fn set_token(&self, token: Option<String>) -> io::Result<()>;
+}
+
+/// Starts the admin API of a configuration for a control plane: the
+/// binary hands `admin::start` to `run` (the life cycle does not reach
+/// into the admin module, which sits above it).
+pub type AdminStarter = fn(&Config, Arc<dyn ControlPlane>) -> io::Result<Box<dyn AdminApi>>;
 
 /// What `run` announces once the proxy serves: its address, the event
 /// loops per process, and the admin API's address when there is one.
@@ -49,40 +57,37 @@ pub struct Started {
     pub admin: Option<SocketAddr>,
 }
 
-static ADMIN: Mutex<Option<AdminStarter>> = Mutex::new(None);
+type AdminGuard = Option<Box<dyn AdminApi>>;
 
-/// Registers the admin API starter (see `AdminStarter`).
-pub fn set_admin(starter: AdminStarter) {
-    *ADMIN.lock().unwrap_or_else(|e| e.into_inner()) = Some(starter);
+fn start_admin(
+    admin: Option<AdminStarter>,
+    config: &Config,
+    plane: Arc<dyn ControlPlane>,
+) -> io::Result<AdminGuard> {
+    admin.map(|start| start(config, plane)).transpose()
 }
 
-type AdminGuard = Option<(SocketAddr, Box<dyn std::any::Any + Send>)>;
-
-fn start_admin(config: &Config, plane: Arc<dyn ControlPlane>) -> io::Result<AdminGuard> {
-    let starter = *ADMIN.lock().unwrap_or_else(|e| e.into_inner());
-    starter.map(|start| start(config, plane)).transpose()
-}
-
-/// Runs the proxy until SIGTERM (graceful) or SIGINT; `announce` is called
-/// once it serves.
+/// Runs the proxy until SIGTERM (graceful) or SIGINT, with the admin API
+/// `admin` starts (none without); `announce` is called once it serves.
 pub fn run(
     path: &Path,
     raw: RawConfig,
     config: Config,
+    admin: Option<AdminStarter>,
     announce: impl FnOnce(Started),
 ) -> io::Result<()> {
     if config.server.processes > 1 {
-        return run_master(path, raw, config, announce);
+        return run_master(path, raw, config, admin, announce);
     }
     let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT])?;
     let graceful = config.server.graceful_timeout;
     let server = Server::start(raw, config.clone(), Board::in_process(), 0)?;
     server.start_health_checks()?;
-    let admin = start_admin(&config, server.clone())?;
+    let admin = start_admin(admin, &config, server.clone())?;
     announce(Started {
         listen: server.local_addr,
         event_loops: config.server.workers,
-        admin: admin.as_ref().map(|a| a.0),
+        admin: admin.as_ref().map(|a| a.local_addr()),
     });
     for signal in signals.forever() {
         match signal {
@@ -106,10 +111,7 @@ fn reload(path: &Path, plane: &dyn ControlPlane, admin: &AdminGuard) {
             let token = config.admin.token.clone();
             match plane.apply(raw, config) {
                 Ok(()) => {
-                    let handle = admin
-                        .as_ref()
-                        .and_then(|(_, h)| h.downcast_ref::<crate::admin::AdminHandle>());
-                    if let Some(Err(e)) = handle.map(|h| h.set_token(token)) {
+                    if let Some(Err(e)) = admin.as_ref().map(|a| a.set_token(token)) {
                         tracing::error!("admin.token not changed: {e}");
                     }
                     tracing::info!("reloaded {}", path.display());
@@ -395,6 +397,7 @@ fn run_master(
     path: &Path,
     mut raw: RawConfig,
     mut config: Config,
+    admin: Option<AdminStarter>,
     announce: impl FnOnce(Started),
 ) -> io::Result<()> {
     let processes = config.server.processes.min(MAX_PROCESSES);
@@ -447,11 +450,11 @@ fn run_master(
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = master.prober.set(Prober::start(board, &config)?);
-    let admin = start_admin(&config, master.clone())?;
+    let admin = start_admin(admin, &config, master.clone())?;
     announce(Started {
         listen: config.server.listen,
         event_loops: config.server.workers,
-        admin: admin.as_ref().map(|a| a.0),
+        admin: admin.as_ref().map(|a| a.local_addr()),
     });
     let graceful = config.server.graceful_timeout;
     loop {

@@ -28,7 +28,6 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    lifecycle::set_admin(speedmimi::admin::start);
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -55,20 +54,26 @@ fn main() -> ExitCode {
         (Some(index), Some(board)) => {
             lifecycle::run_worker(&cli.config, raw, config, index, &board)
         }
-        _ => lifecycle::run(&cli.config, raw, config, |started| {
-            // Scripts and tests read these lines (port 0 resolves here). A
-            // reader that stopped listening must not bring the proxy down.
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(
-                out,
-                "listening on {} ({} event loops)",
-                started.listen, started.event_loops
-            );
-            if let Some(admin) = started.admin {
-                let _ = writeln!(out, "admin on {admin}");
-            }
-            let _ = out.flush();
-        }),
+        _ => lifecycle::run(
+            &cli.config,
+            raw,
+            config,
+            Some(speedmimi::admin::start),
+            |started| {
+                // Scripts and tests read these lines (port 0 resolves here). A
+                // reader that stopped listening must not bring the proxy down.
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(
+                    out,
+                    "listening on {} ({} event loops)",
+                    started.listen, started.event_loops
+                );
+                if let Some(admin) = started.admin {
+                    let _ = writeln!(out, "admin on {admin}");
+                }
+                let _ = out.flush();
+            },
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,8 +10,8 @@ use serde_json::{json, Map, Value};
 use super::error::ApiError;
 use super::State;
 use crate::config::{validate, RawBackend, RawConfig, REDACTED};
+use crate::control::active_health::{ActiveHealthSnapshot, Outcome};
 use crate::control::{BackendSnapshot, Counters, ServerSnapshot, WorkerSnapshot};
-use crate::upstream::probe::{ActiveHealthSnapshot, Outcome};
 
 pub type Answer = Result<(StatusCode, Value), ApiError>;
 

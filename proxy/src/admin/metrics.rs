@@ -16,10 +16,10 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::control::active_health::Outcome;
 use crate::control::{
     BackendSnapshot, ControlPlane, Counters, Histogram, ServerSnapshot, LATENCY_BUCKETS,
 };
-use crate::upstream::probe::Outcome;
 
 /// The content type of what `render` returns.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;

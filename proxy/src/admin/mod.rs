@@ -151,19 +151,27 @@ pub fn spawn(
     })
 }
 
-/// `spawn` with the addresses of a validated configuration, boxed: the
-/// shape of `lifecycle::AdminStarter`, so the binary can register it with
-/// `lifecycle::set_admin(speedmimi::admin::start)`.
+/// `spawn` with the addresses of a validated configuration: the
+/// `lifecycle::AdminStarter` the binary hands to `lifecycle::run`.
 pub fn start(
     config: &Config,
     plane: Arc<dyn ControlPlane>,
-) -> io::Result<(SocketAddr, Box<dyn std::any::Any + Send>)> {
+) -> io::Result<Box<dyn crate::lifecycle::AdminApi>> {
     let handle = spawn(config.admin.listen, config.admin.token.clone(), plane)?;
-    Ok((handle.local_addr(), Box::new(handle)))
+    Ok(Box::new(handle))
 }
 
-// `start` is what the binary registers with `lifecycle::set_admin`.
 const _: crate::lifecycle::AdminStarter = start;
+
+impl crate::lifecycle::AdminApi for AdminHandle {
+    fn local_addr(&self) -> SocketAddr {
+        AdminHandle::local_addr(self)
+    }
+
+    fn set_token(&self, token: Option<String>) -> io::Result<()> {
+        AdminHandle::set_token(self, token)
+    }
+}
 
 impl AdminHandle {
     /// The bound address (the real port when `listen` had port 0).

@@ -11,10 +11,10 @@ use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
 
+use super::active_health::ActiveHealth;
+use super::profile_request::ProfileRequest;
 use super::{shm, Histogram, LATENCY_BUCKETS};
-use crate::profiler::relay::ProfileRequest;
 use crate::stats::LoopStats;
-use crate::upstream::probe::ActiveHealth;
 
 pub const MAX_PROCESSES: usize = 128;
 pub const MAX_LOOPS: usize = 32;

@@ -5,7 +5,9 @@
 //! (single process or master + worker processes) implements it. Nothing here
 //! runs on an event loop.
 
+pub mod active_health;
 pub mod board;
+pub mod profile_request;
 pub mod shm;
 pub mod snapshot;
 
@@ -83,7 +85,7 @@ pub struct BackendSnapshot {
     /// check), or "draining" (removed, requests in flight).
     pub health: &'static str,
     /// The active health check (`upstream::probe`): state "off" without one.
-    pub active_health: crate::upstream::probe::ActiveHealthSnapshot,
+    pub active_health: active_health::ActiveHealthSnapshot,
     pub active: i64,
     pub requests: u64,
     pub failures: u64,
@@ -135,4 +137,12 @@ pub trait ControlPlane: Send + Sync + 'static {
         let _ = (seconds, only, stopping);
         Vec::new()
     }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it): the
+/// wall-clock stamps on the board, which every process reads.
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -143,7 +143,7 @@ pub fn rss_of(pid: u32) -> u64 {
 /// requests ("draining").
 pub fn backends(board: &Board, config: &Config, upstream: &str) -> Option<Vec<BackendSnapshot>> {
     let up = config.upstreams.get(upstream)?;
-    let now_ms = crate::server::unix_ms();
+    let now_ms = crate::control::unix_ms();
     let snap =
         |addr: String, weight: u32, counters: &super::board::BackendCounters, listed: bool| {
             let active_health = counters.active_health.snapshot();

@@ -8,8 +8,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::Ordering::Acquire;
 use std::time::{Duration, Instant};
 
 use pprof::protos::Message;
@@ -25,20 +24,6 @@ pub const GRACE: Duration = Duration::from_secs(5);
 const ALL: u32 = u32::MAX;
 /// How often the master looks for answers.
 const WAIT_STEP: Duration = Duration::from_millis(20);
-
-/// The master's latest request, in the board (zeroed: none yet).
-#[repr(C)]
-#[derive(Default)]
-pub struct ProfileRequest {
-    /// Id of the latest request; written last, so a worker that sees it
-    /// sees `seconds` and `target` too.
-    id: AtomicU64,
-    seconds: AtomicU64,
-    /// The one worker asked, or `ALL`.
-    target: AtomicU32,
-    /// The latest request the master stopped waiting for.
-    closed: AtomicU64,
-}
 
 /// One worker's answer to the master.
 #[derive(Debug)]
@@ -76,12 +61,7 @@ pub fn collect(
             result: Err(ProfileError::Failed("did not answer".into())),
         })
         .collect();
-    let id = request.id.load(Relaxed) + 1;
-    request.seconds.store(seconds, Relaxed);
-    request
-        .target
-        .store(only.map_or(ALL, |k| k as u32), Relaxed);
-    request.id.store(id, Release);
+    let id = request.ask(seconds, only.map_or(ALL, |k| k as u32));
     let waited = Duration::from_secs(seconds) + GRACE;
     let deadline = Instant::now() + waited;
     let mut pending: Vec<usize> = Vec::new();
@@ -123,7 +103,7 @@ pub fn collect(
         }
         break;
     }
-    request.closed.store(id, Release);
+    request.close(id);
     sweep(board_path);
     answers
 }
@@ -190,7 +170,7 @@ impl Responder {
             board,
             board_path: board_path.to_path_buf(),
             index,
-            seen: board.profile.id.load(Acquire),
+            seen: board.profile.latest(),
         }
     }
 
@@ -198,23 +178,22 @@ impl Responder {
     /// thread when a new request names this worker.
     pub fn poll(&mut self) {
         let request = &self.board.profile;
-        let id = request.id.load(Acquire);
+        let id = request.latest();
         if id == self.seen {
             return;
         }
         self.seen = id;
-        let target = request.target.load(Relaxed);
+        let (seconds, target) = request.asked();
         if target != ALL && target as usize != self.index {
             return;
         }
-        let seconds = request.seconds.load(Relaxed);
         let board = self.board;
         let board_path = self.board_path.clone();
         let index = self.index;
         let spawned = std::thread::Builder::new()
             .name("speedmimi-profile".into())
             .spawn(move || {
-                let closed = || board.profile.closed.load(Acquire) >= id;
+                let closed = || board.profile.is_closed(id);
                 let result = sample::take(seconds, &closed);
                 if closed() {
                     return; // the master has stopped waiting

@@ -10,11 +10,14 @@
 //! between; every failure is counted (`accept_failures`).
 
 use std::io;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use mio::Interest;
+use mio::{Interest, Token};
 
-use super::event_loop::{EventLoop, LISTENER};
+use super::conn::{ClientConn, Entry, Phase};
+use super::event_loop::{EventLoop, LINGER, LISTENER};
+use crate::http::errors::Reject;
 use crate::stats::LoopStats;
 
 /// Connections accepted per wake-up before other work gets a turn.
@@ -155,6 +158,67 @@ impl EventLoop {
     pub(super) fn descriptor_freed(&mut self) {
         if self.accept_pause.is_paused() {
             self.resume_accepting();
+        }
+    }
+
+    fn on_accept(&mut self, mut stream: mio::net::TcpStream, peer: std::net::SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        LoopStats::add(&self.stats.connections_total, 1);
+        let refused = self.open_connections.load(Relaxed) >= self.routing.config.server.max_conn;
+        if refused {
+            LoopStats::add(&self.stats.connections_refused, 1);
+            LoopStats::add(&self.stats.rejects[Reject::Unavailable as usize], 1);
+        } else {
+            self.open_connections.fetch_add(1, Relaxed);
+            self.stats.connections_current.fetch_add(1, Relaxed);
+        }
+        let gen = self.gen();
+        let entry = self.slab.vacant_entry();
+        let key = entry.key();
+        if self
+            .poll
+            .registry()
+            .register(
+                &mut stream,
+                Token(key),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .is_err()
+        {
+            self.release_slot(refused);
+            return;
+        }
+        let header_timeout = self.routing.config.server.header_timeout;
+        entry.insert(Entry::Client(ClientConn {
+            stream,
+            gen,
+            deadline: 0,
+            timer_tick: 0,
+            ready: 0,
+            phase: if refused { Phase::Closing } else { Phase::Head },
+            peer: peer.ip(),
+            counted: !refused,
+            ex: None,
+        }));
+        if refused {
+            // Past max_conn: answer 503 and close, never leave it hanging.
+            let mut ex = self.new_exchange();
+            let mut buf = self.bufs.get();
+            buf.push(Reject::Unavailable.response());
+            ex.resp_head = Some(buf);
+            ex.close_after = true;
+            ex.client.keep_alive = false;
+            self.client_mut(key).ex = Some(ex);
+            self.set_deadline(key, LINGER);
+        } else {
+            self.set_deadline(key, header_timeout);
+        }
+    }
+
+    pub(super) fn release_slot(&mut self, refused: bool) {
+        if !refused {
+            self.open_connections.fetch_sub(1, Relaxed);
+            self.stats.connections_current.fetch_sub(1, Relaxed);
         }
     }
 }

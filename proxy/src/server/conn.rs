@@ -13,6 +13,9 @@ use crate::http::body::{BodyScan, Framing};
 use crate::http::response::ClientSide;
 use crate::timer::{Millis, Tick};
 
+/// At most this many backends are tried for one request.
+pub(super) const MAX_TRIED: usize = 4;
+
 pub(super) const READABLE: u8 = 1;
 pub(super) const WRITABLE: u8 = 2;
 /// The peer closed or reset: the edge that said so will not come again, so
@@ -103,7 +106,7 @@ pub(super) struct Exchange {
     pub upstream: usize,
     pub backend: usize,
     pub route: usize,
-    pub tried: [usize; 4],
+    pub tried: [usize; MAX_TRIED],
     pub tries: usize,
     pub attempts: usize,
     pub started: Instant,
@@ -156,7 +159,7 @@ impl Exchange {
             upstream: 0,
             backend: 0,
             route: 0,
-            tried: [usize::MAX; 4],
+            tried: [usize::MAX; MAX_TRIED],
             tries: 0,
             attempts: 0,
             started: now,

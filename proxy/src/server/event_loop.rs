@@ -1,6 +1,8 @@
-//! One event loop: accepts, dispatches readiness to connections, fires
-//! timeouts. The proxying itself (what a connection does when it can make
-//! progress) is in `proxy.rs`.
+//! One event loop: waits on epoll, dispatches readiness to connections,
+//! fires deadlines, and owns what every phase shares (the slab, the timer
+//! wheel, the buffer and exchange pools). What a client connection does
+//! when it can make progress starts in `drive.rs`; LIFECYCLE.md maps the
+//! phases to their files.
 
 use std::collections::VecDeque;
 use std::io;
@@ -13,20 +15,17 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use super::accept::AcceptPause;
-use super::backends::ORPHAN;
-use super::conn::{ClientConn, Entry, Exchange, Phase, UpstreamConn, HUP, READABLE, WRITABLE};
-use super::listener;
-use crate::balancer::{new_balancer, Balancer};
+use super::conn::{ClientConn, Entry, Exchange, UpstreamConn, HUP, READABLE, WRITABLE};
+use super::reconfig::LoopCommand;
+use super::routing::Routing;
 use crate::buffer::BufPool;
-use crate::config::{Config, Router, UpstreamConfig};
-use crate::control::board::{BackendCounters, Board};
-use crate::http::errors::Reject;
+use crate::config::Config;
+use crate::control::board::Board;
 use crate::http::request::Limits;
 use crate::stats::LoopStats;
 use crate::timer::{Millis, Tick, TimerWheel};
 use crate::upstream::pool::KeepAlivePool;
 use crate::upstream::slots::{Slots, Waiter};
-use crate::upstream::UpstreamState;
 
 pub(super) const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
@@ -38,101 +37,6 @@ const POOLED_EXCHANGES: usize = 256;
 pub(super) const LINGER: Duration = Duration::from_secs(2);
 /// How often a draining loop checks whether its last connection is gone.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
-
-/// The routing state of one loop, rebuilt from a configuration.
-pub(super) struct Routing {
-    pub config: Arc<Config>,
-    pub router: Router,
-    /// Upstream index of each route.
-    pub route_upstream: Vec<usize>,
-    /// The upstream every request goes to, when routing cannot pick another
-    /// (one upstream behind every route, a catch-all `default` among them).
-    pub sole_upstream: Option<usize>,
-    pub balancers: Vec<Box<dyn Balancer>>,
-    pub upstreams: Vec<UpstreamState>,
-    pub upstream_cfg: Vec<UpstreamConfig>,
-    /// `ip:port` of each backend, the Host of HTTP/1.0 requests without one.
-    pub backend_hosts: Vec<Vec<String>>,
-    /// Shared counters of each backend (see `control::board`).
-    pub counters: Vec<Vec<&'static BackendCounters>>,
-}
-
-impl Routing {
-    pub fn new(config: Arc<Config>, board: &'static Board) -> Routing {
-        let upstream_cfg: Vec<UpstreamConfig> = config.upstreams.values().cloned().collect();
-        let counters: Vec<Vec<&'static BackendCounters>> = config
-            .upstreams
-            .iter()
-            .map(|(name, u)| {
-                u.backends
-                    .iter()
-                    .map(|b| board.backend(name, &b.addr.to_string()))
-                    .collect()
-            })
-            .collect();
-        let upstreams: Vec<UpstreamState> = upstream_cfg
-            .iter()
-            .zip(&counters)
-            .map(|(cfg, c)| UpstreamState::from_config(cfg).follow_active_checks(c))
-            .collect();
-        let mut route_upstream = Vec::new();
-        let mut balancers = Vec::new();
-        for route in config.routing.values() {
-            let u = config
-                .upstreams
-                .get_index_of(&route.upstream)
-                .expect("validated: route names an existing upstream");
-            route_upstream.push(u);
-            balancers.push(new_balancer(route.load_balancer, &upstreams[u]));
-        }
-        let backend_hosts = upstream_cfg
-            .iter()
-            .map(|u| u.backends.iter().map(|b| b.addr.to_string()).collect())
-            .collect();
-        let sole_upstream = match route_upstream.split_first() {
-            Some((&u, rest))
-                if rest.iter().all(|&v| v == u) && config.routing.contains_key("default") =>
-            {
-                Some(u)
-            }
-            _ => None,
-        };
-        Routing {
-            sole_upstream,
-            router: Router::new(&config),
-            config,
-            route_upstream,
-            balancers,
-            upstreams,
-            upstream_cfg,
-            backend_hosts,
-            counters,
-        }
-    }
-
-    /// Where upstream `u`'s backend `b` of `self` is in `new`, if still there.
-    fn locate_in(&self, new: &Routing, u: usize, b: usize) -> Option<(usize, usize)> {
-        let (name, _) = self.config.upstreams.get_index(u)?;
-        let addr = self.upstream_cfg[u].backends.get(b)?.addr;
-        let nu = new.config.upstreams.get_index_of(name)?;
-        let nb = new.upstream_cfg[nu]
-            .backends
-            .iter()
-            .position(|x| x.addr == addr)?;
-        Some((nu, nb))
-    }
-}
-
-/// What the control plane sends an event loop.
-pub enum LoopCommand {
-    /// Switch to this configuration; the loop answers on `done` once it has.
-    Apply {
-        config: Arc<Config>,
-        done: std::sync::mpsc::Sender<io::Result<()>>,
-    },
-    /// Stop accepting; finish in-flight requests until `deadline`, then stop.
-    Drain { deadline: Instant },
-}
 
 pub struct EventLoop {
     pub(super) poll: Poll,
@@ -150,18 +54,18 @@ pub struct EventLoop {
     pub(super) pool: KeepAlivePool,
     pub(super) routing: Routing,
     pub(super) stats: &'static LoopStats,
-    board: &'static Board,
+    pub(super) board: &'static Board,
     /// Worker process index: its column of the shared per-backend gauges.
     pub(super) process: usize,
-    commands: std::sync::mpsc::Receiver<LoopCommand>,
+    pub(super) commands: std::sync::mpsc::Receiver<LoopCommand>,
     waker: Arc<mio::Waker>,
     /// Draining for shutdown: no accepting, connections close when idle.
-    drain_deadline: Option<Instant>,
+    pub(super) drain_deadline: Option<Instant>,
     pub(super) log: Option<crate::access_log::LoopLog>,
     /// Reused for every request head parsed by this loop.
     pub(super) scratch_head: Option<Box<crate::http::request::RequestHead>>,
     pub(super) limits: Limits,
-    open_connections: Arc<AtomicUsize>,
+    pub(super) open_connections: Arc<AtomicUsize>,
     pub(super) now: Instant,
     /// `now` on the timer wheel's clock, computed once per wake-up.
     pub(super) now_ms: Millis,
@@ -322,188 +226,6 @@ impl EventLoop {
         self.waker.clone()
     }
 
-    fn on_commands(&mut self) {
-        while let Ok(command) = self.commands.try_recv() {
-            match command {
-                LoopCommand::Apply { config, done } => {
-                    let _ = done.send(self.apply(config));
-                }
-                LoopCommand::Drain { deadline } => self.start_drain(deadline),
-            }
-        }
-    }
-
-    /// Switches to a new configuration without dropping a connection:
-    /// requests in flight finish on the backend they started on (even one
-    /// the new configuration removed), pooled connections to kept backends
-    /// stay pooled, a new listen address is open before the old one closes.
-    fn apply(&mut self, config: Arc<Config>) -> io::Result<()> {
-        if config.server.listen != self.routing.config.server.listen {
-            let mut fresh = listener::bind_reuseport(config.server.listen)?;
-            self.poll
-                .registry()
-                .register(&mut fresh, LISTENER, Interest::READABLE)?;
-            let mut old = std::mem::replace(&mut self.listener, fresh);
-            let _ = self.poll.registry().deregister(&mut old);
-            self.listener_ready = true;
-            self.accept_pause.clear(); // the fresh listener is registered
-        }
-        let mut new = Routing::new(config, self.board);
-        let old = &self.routing;
-        for (u, state) in old.upstreams.iter().enumerate() {
-            for (b, backend) in state.backends.iter().enumerate() {
-                if let Some((nu, nb)) = old.locate_in(&new, u, b) {
-                    let weight = new.upstreams[nu].backends[nb].weight;
-                    new.upstreams[nu].backends[nb] = backend.clone();
-                    new.upstreams[nu].backends[nb].weight = weight;
-                }
-            }
-        }
-        let mut pooled = Vec::new();
-        for (key, entry) in self.slab.iter_mut() {
-            match entry {
-                Entry::Upstream(up) => {
-                    let at = old.locate_in(&new, up.upstream as usize, up.backend as usize);
-                    let (nu, nb) = at.unwrap_or((ORPHAN, ORPHAN));
-                    up.upstream = nu.min(u16::MAX as usize) as u16;
-                    up.backend = nb.min(u16::MAX as usize) as u16;
-                    if up.client.is_none() {
-                        pooled.push((key, nu, nb));
-                    }
-                }
-                Entry::Client(c) => {
-                    if let Some(ex) = c.ex.as_mut().filter(|ex| ex.active) {
-                        let at = old.locate_in(&new, ex.upstream, ex.backend);
-                        (ex.upstream, ex.backend) = at.unwrap_or((ORPHAN, ORPHAN));
-                        ex.route = old
-                            .config
-                            .routing
-                            .get_index(ex.route)
-                            .and_then(|(name, _)| new.config.routing.get_index_of(name))
-                            .unwrap_or(ORPHAN);
-                    }
-                }
-            }
-        }
-        let sizes: Vec<usize> = new.upstream_cfg.iter().map(|u| u.backends.len()).collect();
-        self.pool = KeepAlivePool::new(&sizes);
-        for (key, nu, nb) in pooled {
-            let kept = nu != ORPHAN
-                && self
-                    .pool
-                    .put(nu, nb, key, new.upstream_cfg[nu].idle_limit());
-            if !kept {
-                self.close_upstream(key);
-            }
-        }
-        let max_head = new
-            .config
-            .server
-            .max_header_size
-            .min(self.bufs.buffer_size() - 2048);
-        self.limits = Limits {
-            max_head,
-            max_uri: max_head.min(8192),
-        };
-        self.routing = new;
-        self.requeue_after_apply(&sizes);
-        Ok(())
-    }
-
-    /// Stops accepting; idle connections close now, busy ones after their
-    /// response; the loop ends when none is left or at `deadline`.
-    fn start_drain(&mut self, deadline: Instant) {
-        self.drain_deadline = Some(deadline);
-        self.listener_ready = false;
-        if !self.accept_pause.clear() {
-            let _ = self.poll.registry().deregister(&mut self.listener);
-        }
-        let idle: Vec<usize> = self
-            .slab
-            .iter()
-            .filter_map(|(key, entry)| match entry {
-                Entry::Client(c)
-                    if c.phase == Phase::Idle || (c.phase == Phase::Head && c.ex.is_none()) =>
-                {
-                    Some(key)
-                }
-                _ => None,
-            })
-            .collect();
-        for key in idle {
-            self.close_client(key, None);
-        }
-    }
-
-    pub(super) fn draining(&self) -> bool {
-        self.drain_deadline.is_some()
-    }
-
-    pub(super) fn on_accept(
-        &mut self,
-        mut stream: mio::net::TcpStream,
-        peer: std::net::SocketAddr,
-    ) {
-        let _ = stream.set_nodelay(true);
-        LoopStats::add(&self.stats.connections_total, 1);
-        let refused = self.open_connections.load(Relaxed) >= self.routing.config.server.max_conn;
-        if refused {
-            LoopStats::add(&self.stats.connections_refused, 1);
-            LoopStats::add(&self.stats.rejects[Reject::Unavailable as usize], 1);
-        } else {
-            self.open_connections.fetch_add(1, Relaxed);
-            self.stats.connections_current.fetch_add(1, Relaxed);
-        }
-        let gen = self.gen();
-        let entry = self.slab.vacant_entry();
-        let key = entry.key();
-        if self
-            .poll
-            .registry()
-            .register(
-                &mut stream,
-                Token(key),
-                Interest::READABLE | Interest::WRITABLE,
-            )
-            .is_err()
-        {
-            self.release_slot(refused);
-            return;
-        }
-        let header_timeout = self.routing.config.server.header_timeout;
-        entry.insert(Entry::Client(ClientConn {
-            stream,
-            gen,
-            deadline: 0,
-            timer_tick: 0,
-            ready: 0,
-            phase: if refused { Phase::Closing } else { Phase::Head },
-            peer: peer.ip(),
-            counted: !refused,
-            ex: None,
-        }));
-        if refused {
-            // Past max_conn: answer 503 and close, never leave it hanging.
-            let mut ex = self.new_exchange();
-            let mut buf = self.bufs.get();
-            buf.push(Reject::Unavailable.response());
-            ex.resp_head = Some(buf);
-            ex.close_after = true;
-            ex.client.keep_alive = false;
-            self.client_mut(key).ex = Some(ex);
-            self.set_deadline(key, LINGER);
-        } else {
-            self.set_deadline(key, header_timeout);
-        }
-    }
-
-    fn release_slot(&mut self, refused: bool) {
-        if !refused {
-            self.open_connections.fetch_sub(1, Relaxed);
-            self.stats.connections_current.fetch_sub(1, Relaxed);
-        }
-    }
-
     fn on_ready(&mut self, key: usize, ready: u8) {
         match self.slab.get_mut(key) {
             Some(Entry::Client(c)) => {
@@ -517,10 +239,8 @@ impl EventLoop {
                     None => {
                         if ready & READABLE != 0 {
                             // An idle pooled connection became readable: the
-                            // backend closed it (or sent garbage). Drop it.
-                            let (up, b) = (u.upstream as usize, u.backend as usize);
-                            self.pool.remove(up, b, key);
-                            self.close_upstream(key);
+                            // backend closed it (or sent garbage).
+                            self.drop_pooled(key);
                         }
                     }
                 }
@@ -552,11 +272,8 @@ impl EventLoop {
         self.set_tick(key, 0);
         match self.slab.get(key) {
             Some(Entry::Client(_)) => self.client_timeout(key),
-            Some(Entry::Upstream(u)) if u.client.is_none() => {
-                let (up, b) = (u.upstream as usize, u.backend as usize);
-                self.pool.remove(up, b, key);
-                self.close_upstream(key);
-            }
+            // Idle in the pool for keepalive_timeout.
+            Some(Entry::Upstream(u)) if u.client.is_none() => self.drop_pooled(key),
             _ => {}
         }
     }
@@ -594,7 +311,7 @@ impl EventLoop {
         }
     }
 
-    fn gen(&mut self) -> u32 {
+    pub(super) fn gen(&mut self) -> u32 {
         self.next_gen = self.next_gen.wrapping_add(1).max(1);
         self.next_gen
     }
@@ -634,57 +351,11 @@ impl EventLoop {
         }
     }
 
-    /// Opens a connection to a backend and files it in the slab.
-    pub(super) fn open_upstream(
-        &mut self,
-        upstream: usize,
-        backend: usize,
-        client: usize,
-    ) -> io::Result<usize> {
-        let addr = self.routing.upstream_cfg[upstream].backends[backend].addr;
-        let mut stream = mio::net::TcpStream::connect(addr)?;
-        let _ = stream.set_nodelay(true);
-        let gen = self.gen();
-        let entry = self.slab.vacant_entry();
-        let key = entry.key();
-        self.poll.registry().register(
-            &mut stream,
-            Token(key),
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
-        entry.insert(Entry::Upstream(UpstreamConn {
-            stream,
-            gen,
-            deadline: 0,
-            timer_tick: 0,
-            ready: 0,
-            upstream: upstream as u16,
-            backend: backend as u16,
-            client: Some(client),
-            connecting: true,
-            connect_started: self.now,
-            reused: false,
-        }));
-        LoopStats::add(&self.stats.upstream_connects, 1);
-        self.slots.opened(upstream, backend);
-        Ok(key)
-    }
-
-    pub(super) fn close_upstream(&mut self, key: usize) {
-        if let Some(Entry::Upstream(mut u)) = self.slab.try_remove(key) {
-            let _ = self.poll.registry().deregister(&mut u.stream);
-            let (up, b) = (u.upstream as usize, u.backend as usize);
-            self.slots.closed(up, b);
-            self.hand_out_slots(up);
-            self.descriptor_freed();
-        }
-    }
-
     /// Closes a client connection and everything its exchange holds.
     pub(super) fn close_client(&mut self, key: usize, ex: Option<Box<Exchange>>) {
         if let Some(mut ex) = ex {
             if let Some(uk) = ex.upstream_key.take() {
-                self.finish_upstream(&mut ex, uk, false);
+                self.release_backend(&mut ex, uk, false);
             }
             self.recycle_exchange(ex);
         }

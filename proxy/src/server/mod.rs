@@ -4,15 +4,24 @@
 //!
 //! The connection life cycle is described in `LIFECYCLE.md` beside this file.
 
-mod accept;
-mod backends;
+// Shared by every phase.
 mod conn;
 mod event_loop;
-mod listener;
-mod min_rate;
-mod proxy;
-mod queue;
+mod routing;
 mod sockio;
+// The loop's own work: new connections, control-plane commands.
+mod accept;
+mod listener;
+mod reconfig;
+// A client connection, phase by phase (see LIFECYCLE.md).
+mod attach;
+mod deadlines;
+mod drive;
+mod exchange;
+mod min_rate;
+mod request;
+mod response;
+mod tunnel;
 
 use std::io;
 use std::net::SocketAddr;
@@ -29,8 +38,8 @@ use crate::control::snapshot::{self, RateMeter};
 use crate::control::{ApplyError, BackendSnapshot, ControlPlane, ServerSnapshot};
 use crate::upstream::probe::Prober;
 
-pub(crate) use backends::unix_ms;
-pub use event_loop::{EventLoop, LoopCommand, LoopPlace};
+pub use event_loop::{EventLoop, LoopPlace};
+pub use reconfig::LoopCommand;
 
 /// How long a configuration change may take to reach every loop.
 const APPLY_WAIT: Duration = Duration::from_secs(5);

@@ -10,8 +10,8 @@
 //! so a wrong verdict costs a retry, never an outage of its own making.
 
 use crate::config::UpstreamConfig;
+use crate::control::active_health::ActiveHealth;
 use crate::control::board::BackendCounters;
-use crate::upstream::probe::ActiveHealth;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 

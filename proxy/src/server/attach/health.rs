@@ -7,12 +7,13 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use super::event_loop::EventLoop;
 use crate::control::board::BackendCounters;
+use crate::control::unix_ms;
+use crate::server::event_loop::EventLoop;
 use crate::upstream::health::Health;
 
 /// Upstream/backend index of something the configuration no longer has.
-pub(super) const ORPHAN: usize = usize::MAX;
+pub(in crate::server) const ORPHAN: usize = usize::MAX;
 
 impl EventLoop {
     fn known(&self, u: usize, b: usize) -> bool {
@@ -73,7 +74,13 @@ impl EventLoop {
         }
     }
 
-    pub(super) fn backend_answered(&mut self, u: usize, b: usize, status: u16, latency: Duration) {
+    pub(in crate::server) fn backend_answered(
+        &mut self,
+        u: usize,
+        b: usize,
+        status: u16,
+        latency: Duration,
+    ) {
         if !self.known(u, b) {
             return;
         }
@@ -91,17 +98,11 @@ impl EventLoop {
         c.ewma_ns_bits.store(ewma.to_bits(), Relaxed);
     }
 
-    pub(super) fn backend_connected(&mut self, u: usize, b: usize, took: Duration) {
+    pub(in crate::server) fn backend_connected(&mut self, u: usize, b: usize, took: Duration) {
         if self.known(u, b) {
             self.routing.counters[u][b]
                 .connect
                 .record(took.as_secs_f64());
         }
     }
-}
-
-pub(crate) fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -3,9 +3,9 @@
 //! connections to the queue's head. The counting lives in
 //! `upstream::slots`; this is where it meets clients and timeouts.
 
-use super::conn::{Entry, Phase};
-use super::event_loop::EventLoop;
-use super::proxy::Step;
+use crate::server::conn::{Entry, Phase};
+use crate::server::drive::Step;
+use crate::server::event_loop::EventLoop;
 use crate::stats::LoopStats;
 use crate::upstream::slots::{Slots, Waiter};
 
@@ -50,13 +50,13 @@ impl EventLoop {
 
     /// A new request for `u` must queue behind earlier ones (first come,
     /// first served); the client being handed a slot goes ahead.
-    pub(super) fn must_queue(&self, ck: usize, u: usize) -> bool {
+    pub(in crate::server) fn must_queue(&self, ck: usize, u: usize) -> bool {
         self.max_conns(u) > 0 && self.handoff != Some(ck) && self.slots.contended(u)
     }
 
     /// Parks the client's (unparsed) request in `u`'s queue until a
     /// connection frees up or `queue_timeout` passes (then 503).
-    pub(super) fn queue_request(&mut self, ck: usize, u: usize) -> Step {
+    pub(in crate::server) fn queue_request(&mut self, ck: usize, u: usize) -> Step {
         let c = self.client_mut(ck);
         c.phase = Phase::Queued;
         let waiter = Waiter {
@@ -96,7 +96,7 @@ impl EventLoop {
 
     /// Drives the clients that were handed a slot (after the event that
     /// freed it, so no client is driven from inside another's exchange).
-    pub(super) fn run_handoffs(&mut self) {
+    pub(in crate::server) fn run_handoffs(&mut self) {
         while let Some((waiter, u)) = self.handoffs.pop_front() {
             self.slots.release_reservation(u);
             if !self.still_queued(waiter) {
@@ -118,7 +118,7 @@ impl EventLoop {
     /// After a reconfiguration: counts rebuilt from the open connections,
     /// every waiter routed again under the new configuration. `sizes` are
     /// the new configuration's backends per upstream.
-    pub(super) fn requeue_after_apply(&mut self, sizes: &[usize]) {
+    pub(in crate::server) fn requeue_after_apply(&mut self, sizes: &[usize]) {
         let mut slots = Slots::new(sizes);
         for (_, entry) in self.slab.iter() {
             if let Entry::Upstream(up) = entry {
