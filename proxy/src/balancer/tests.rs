@@ -31,6 +31,7 @@ fn upstream_at(ports: &[u16], weights: &[u32]) -> UpstreamState {
         fail_timeout: Duration::from_secs(10),
         retries: 2,
         max_conns: 0,
+        adaptive_conns: false,
         queue_timeout: Duration::from_secs(5),
         health_check: None,
     };

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 pub use patch::REDACTED;
 pub use raw::{
-    ExpectStatus, Keepalive, RawAdmin, RawBackend, RawConfig, RawHealthCheck, RawMatch, RawRoute,
+    AutoOrCount, ExpectStatus, RawAdmin, RawBackend, RawConfig, RawHealthCheck, RawMatch, RawRoute,
     RawServer, RawUpstream, Size, Workers,
 };
 pub use router::Router;
@@ -94,6 +94,9 @@ pub struct UpstreamConfig {
     /// Connections (busy, idle or connecting) each event loop keeps to each
     /// backend at most; 0 = no limit. Requests beyond wait in a FIFO queue.
     pub max_conns: usize,
+    /// `max_conns: auto` (the default): the limit adapts per backend and
+    /// loop (`upstream::conn_limit`); `max_conns` is 0 then.
+    pub adaptive_conns: bool,
     /// Longest wait in that queue; 503 after it.
     pub queue_timeout: Duration,
     /// Active health checks (`upstream::probe`); `None` = off.
@@ -276,8 +279,8 @@ impl Config {
                         })
                         .collect(),
                     keepalive: Some(match u.keepalive {
-                        None => Keepalive::Auto,
-                        Some(n) => Keepalive::Count(n as u64),
+                        None => AutoOrCount::Auto,
+                        Some(n) => AutoOrCount::Count(n as u64),
                     }),
                     keepalive_timeout: Some(format_duration(u.keepalive_timeout)),
                     connect_timeout: Some(format_duration(u.connect_timeout)),
@@ -286,7 +289,11 @@ impl Config {
                     max_fails: Some(u.max_fails),
                     fail_timeout: Some(format_duration(u.fail_timeout)),
                     retries: Some(u.retries),
-                    max_conns: Some(u.max_conns as u32),
+                    max_conns: Some(if u.adaptive_conns {
+                        AutoOrCount::Auto
+                    } else {
+                        AutoOrCount::Count(u.max_conns as u64)
+                    }),
                     queue_timeout: Some(format_duration(u.queue_timeout)),
                     health_check: u.health_check.as_ref().map(|h| RawHealthCheck {
                         path: Some(h.path.clone()),

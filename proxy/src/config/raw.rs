@@ -65,7 +65,7 @@ pub struct RawAdmin {
 pub struct RawUpstream {
     pub backends: Vec<RawBackend>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub keepalive: Option<Keepalive>,
+    pub keepalive: Option<AutoOrCount>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keepalive_timeout: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -81,7 +81,7 @@ pub struct RawUpstream {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_conns: Option<u32>,
+    pub max_conns: Option<AutoOrCount>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_timeout: Option<String>,
     /// Active health checks; off when absent.
@@ -184,47 +184,46 @@ impl<'de> Deserialize<'de> for Workers {
     }
 }
 
-/// `upstreams.NAME.keepalive`: `auto` (the pool follows demand) or a cap
-/// on the idle connections kept per backend per event loop.
+/// `upstreams.NAME.keepalive` and `max_conns`: `auto` (the pool follows
+/// demand; the connection limit adapts, `upstream::conn_limit`) or a number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Keepalive {
+pub enum AutoOrCount {
     Auto,
     Count(u64),
 }
 
-impl Serialize for Keepalive {
+impl Serialize for AutoOrCount {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
-            Keepalive::Auto => s.serialize_str("auto"),
-            Keepalive::Count(n) => s.serialize_u64(*n),
+            AutoOrCount::Auto => s.serialize_str("auto"),
+            AutoOrCount::Count(n) => s.serialize_u64(*n),
         }
     }
 }
 
-impl<'de> Deserialize<'de> for Keepalive {
+impl<'de> Deserialize<'de> for AutoOrCount {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl Visitor<'_> for V {
-            type Value = Keepalive;
+            type Value = AutoOrCount;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("`auto` or a number of idle connections")
+                f.write_str("`auto` or a number")
             }
-            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Keepalive, E> {
-                Ok(Keepalive::Count(n))
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<AutoOrCount, E> {
+                Ok(AutoOrCount::Count(n))
             }
-            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Keepalive, E> {
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<AutoOrCount, E> {
                 u64::try_from(n)
-                    .map(Keepalive::Count)
-                    .map_err(|_| E::custom(format!("keepalive {n}; write auto or a number ≥ 0")))
+                    .map(AutoOrCount::Count)
+                    .map_err(|_| E::custom(format!("{n}; write auto or a number ≥ 0")))
             }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Keepalive, E> {
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<AutoOrCount, E> {
                 match s {
-                    "auto" => Ok(Keepalive::Auto),
-                    _ => s.parse().map(Keepalive::Count).map_err(|_| {
-                        E::custom(format!(
-                            "invalid keepalive \"{s}\"; write auto or a number of idle connections"
-                        ))
-                    }),
+                    "auto" => Ok(AutoOrCount::Auto),
+                    _ => s
+                        .parse()
+                        .map(AutoOrCount::Count)
+                        .map_err(|_| E::custom(format!("invalid \"{s}\"; write auto or a number"))),
                 }
             }
         }

@@ -176,7 +176,7 @@ fn keepalive_is_auto_or_a_cap_and_round_trips() {
         assert_eq!(again.upstreams["api"].keepalive, resolved, "{yaml}");
     }
     let raw = Config::from_yaml_str(GOOD, "proxy.yaml").unwrap().to_raw();
-    assert_eq!(raw.upstreams["api"].keepalive, Some(Keepalive::Auto));
+    assert_eq!(raw.upstreams["api"].keepalive, Some(AutoOrCount::Auto));
 }
 
 #[test]
@@ -273,9 +273,9 @@ fn bad_configs() -> Vec<(String, Option<usize>, &'static str, &'static str)> {
         (edit(5, false, "  min_rate_grace: 2h"), Some(6), "server.min_rate_grace", "longer than 1h"),
         (edit(10, false, "    retries: 1000"), Some(11), "upstreams.api.retries", "1000 retries"),
         (edit(10, false, "    max_conns: 5000000"), Some(11), "upstreams.api.max_conns", "up to 1000000"),
-        (edit(10, false, "    max_conns: -1"), Some(11), "upstreams.api.max_conns", "expected u32"),
+        (edit(10, false, "    max_conns: -1"), Some(11), "upstreams.api.max_conns", "write auto or a number"),
         (edit(10, false, "    keepalive: 5000000"), Some(11), "upstreams.api.keepalive", "write auto (follow demand) or a number up to 1000000"),
-        (edit(10, false, "    keepalive: some"), Some(11), "upstreams.api.keepalive", "invalid keepalive \"some\""),
+        (edit(10, false, "    keepalive: some"), Some(11), "upstreams.api.keepalive", "invalid \"some\""),
         (edit(10, false, "    queue_timeout: 0s"), Some(11), "upstreams.api.queue_timeout", "zero timeout"),
         // semantic: active health checks
         (edit(10, false, "    health_check: { path: healthz }"), Some(11), "upstreams.api.health_check.path", "must start with /"),

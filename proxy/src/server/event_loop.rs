@@ -35,6 +35,9 @@ const POOLED_BUFFERS: usize = 64;
 const POOLED_EXCHANGES: usize = 256;
 /// After an error answer, how long the connection may linger to drain input.
 pub(super) const LINGER: Duration = Duration::from_secs(2);
+/// How often a loop with requests waiting on an adaptive `max_conns`
+/// looks whether the limit may grow (`conn_limit`'s windows are 250 ms).
+const ADAPT_POLL: Duration = Duration::from_millis(50);
 /// How often a draining loop checks whether its last connection is gone.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
 
@@ -77,6 +80,8 @@ pub struct EventLoop {
     pub(super) handoffs: VecDeque<(Waiter, usize)>,
     /// The client being driven because it was handed a slot.
     pub(super) handoff: Option<usize>,
+    /// Requests wait on an adaptive `max_conns` (wake up to adapt it).
+    adapting: bool,
 }
 
 /// Which worker process and which of its event loops a loop is: picks its
@@ -145,6 +150,7 @@ impl EventLoop {
             slots: Slots::new(&sizes),
             handoffs: VecDeque::new(),
             handoff: None,
+            adapting: false,
         })
     }
 
@@ -157,6 +163,9 @@ impl EventLoop {
             } else {
                 self.wheel.next_timeout(self.now_ms)
             };
+            if self.adapting {
+                timeout = Some(timeout.map_or(ADAPT_POLL, |t| t.min(ADAPT_POLL)));
+            }
             if let Some(retry) = self.accept_pause.retry_in(self.now) {
                 timeout = Some(timeout.map_or(retry, |t| t.min(retry)));
             }
@@ -209,6 +218,7 @@ impl EventLoop {
             for (key, gen) in expired.drain(..) {
                 self.on_timer(key as usize, gen);
             }
+            self.adapting = self.adapt_waiting_limits();
             self.run_handoffs();
             self.maybe_trim();
             if let Some(log) = self.log.as_mut() {

@@ -319,6 +319,7 @@ mod tests {
             fail_timeout,
             retries: 2,
             max_conns: 0,
+            adaptive_conns: false,
             queue_timeout: Duration::from_secs(5),
             health_check: None,
         };

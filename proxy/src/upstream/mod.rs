@@ -2,6 +2,7 @@
 //! latency), the keep-alive connection pool, the connection slots
 //! (`max_conns` and its wait queue) and the active health-check prober.
 
+pub mod conn_limit;
 pub mod health;
 pub mod pool;
 pub mod probe;

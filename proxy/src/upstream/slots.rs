@@ -13,6 +13,9 @@
 //! are skipped lazily (their generation no longer matches).
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::conn_limit::AdaptiveLimit;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Waiter {
@@ -27,6 +30,9 @@ pub struct Slots {
     queues: Vec<VecDeque<Waiter>>,
     /// Per upstream: slots handed to waiters that have not taken them yet.
     reserved: Vec<u32>,
+    /// limits[upstream][backend]: the learned limit of `max_conns: auto`
+    /// (kept for every backend; read only for upstreams that use it).
+    limits: Vec<Vec<AdaptiveLimit>>,
 }
 
 impl Slots {
@@ -36,7 +42,52 @@ impl Slots {
             open: backends.iter().map(|&n| vec![0; n]).collect(),
             queues: backends.iter().map(|_| VecDeque::new()).collect(),
             reserved: vec![0; backends.len()],
+            limits: {
+                let now = Instant::now();
+                backends
+                    .iter()
+                    .map(|&n| vec![AdaptiveLimit::new(now); n])
+                    .collect()
+            },
         }
+    }
+
+    /// The adaptive limit of a backend (`max_conns: auto`).
+    pub fn adaptive_limit(&self, upstream: usize, backend: usize) -> usize {
+        self.limits
+            .get(upstream)
+            .and_then(|u| u.get(backend))
+            .map_or(0, AdaptiveLimit::get)
+    }
+
+    /// A response head from the backend, `latency` after the request
+    /// started; true when its adaptive limit changed.
+    pub fn sample(
+        &mut self,
+        upstream: usize,
+        backend: usize,
+        latency: Duration,
+        now: Instant,
+    ) -> bool {
+        let open = self.open(upstream, backend);
+        self.limits
+            .get_mut(upstream)
+            .and_then(|u| u.get_mut(backend))
+            .is_some_and(|l| l.sample(latency, now, open))
+    }
+
+    /// Requests of `upstream` wait: the windows of its backends close when
+    /// due even if no response comes (`conn_limit`); true when a limit changed.
+    pub fn waited(&mut self, upstream: usize, now: Instant) -> bool {
+        let mut changed = false;
+        let (Some(limits), Some(open)) = (self.limits.get_mut(upstream), self.open.get(upstream))
+        else {
+            return false;
+        };
+        for (l, &n) in limits.iter_mut().zip(open) {
+            changed |= l.maybe_close_window(now, n as usize);
+        }
+        changed
     }
 
     pub fn open(&self, upstream: usize, backend: usize) -> usize {
@@ -49,6 +100,9 @@ impl Slots {
     pub fn opened(&mut self, upstream: usize, backend: usize) {
         if let Some(n) = self.open.get_mut(upstream).and_then(|u| u.get_mut(backend)) {
             *n += 1;
+            if let Some(l) = self.limits[upstream].get_mut(backend) {
+                l.opened(*n as usize);
+            }
         }
     }
 

@@ -319,6 +319,8 @@ pub struct Cfg {
     pub retries: u32,
     /// `upstreams.default.max_conns` (0: no limit) and `queue_timeout`.
     pub max_conns: u32,
+    /// `max_conns: auto` instead of the number (the proxy's default).
+    pub max_conns_auto: bool,
     pub queue_timeout: &'static str,
     /// Extra YAML under `upstreams:` (indented two spaces).
     pub extra_upstreams: String,
@@ -342,6 +344,7 @@ impl Cfg {
             fail_timeout: "10s",
             retries: 2,
             max_conns: 0,
+            max_conns_auto: false,
             queue_timeout: "2s",
             extra_upstreams: String::new(),
             extra_routes: String::new(),
@@ -388,7 +391,11 @@ impl Cfg {
             mf = self.max_fails,
             ft = self.fail_timeout,
             retries = self.retries,
-            mc = self.max_conns,
+            mc = if self.max_conns_auto {
+                "auto".to_string()
+            } else {
+                self.max_conns.to_string()
+            },
             qt = self.queue_timeout,
             eu = self.extra_upstreams,
             lb = self.balancer,

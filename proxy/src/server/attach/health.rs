@@ -85,6 +85,9 @@ impl EventLoop {
             return;
         }
         let now = self.now;
+        if self.routing.upstream_cfg[u].adaptive_conns && self.slots.sample(u, b, latency, now) {
+            self.hand_out_slots(u); // a higher limit serves waiters now
+        }
         let back = self.routing.upstreams[u].record_success(b, latency, now);
         let c = self.routing.counters[u][b];
         if back {

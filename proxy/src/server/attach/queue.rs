@@ -10,14 +10,27 @@ use crate::stats::LoopStats;
 use crate::upstream::slots::{Slots, Waiter};
 
 impl EventLoop {
-    fn max_conns(&self, u: usize) -> usize {
-        self.routing.upstream_cfg.get(u).map_or(0, |c| c.max_conns)
+    /// `u` limits its backend connections (a fixed `max_conns`, or auto).
+    fn limited(&self, u: usize) -> bool {
+        self.routing
+            .upstream_cfg
+            .get(u)
+            .is_some_and(|c| c.max_conns > 0 || c.adaptive_conns)
+    }
+
+    /// Connections backend `b` of `u` may have open (0: no limit).
+    fn cap(&self, u: usize, b: usize) -> usize {
+        match self.routing.upstream_cfg.get(u) {
+            Some(c) if c.adaptive_conns => self.slots.adaptive_limit(u, b),
+            Some(c) => c.max_conns,
+            None => 0,
+        }
     }
 
     /// Backend `b` of `u` has neither an idle pooled connection nor room
     /// for a new one.
     pub(super) fn backend_full(&self, u: usize, b: usize) -> bool {
-        let cap = self.max_conns(u);
+        let cap = self.cap(u, b);
         cap > 0 && self.pool.idle(u, b) == 0 && self.slots.open(u, b) >= cap
     }
 
@@ -36,22 +49,21 @@ impl EventLoop {
     /// Requests `u` can start now (idle connections plus room to connect)
     /// on backends that take requests; `usize::MAX` without a limit.
     fn free_slots(&self, u: usize) -> usize {
-        let cap = self.max_conns(u);
-        if cap == 0 {
+        if !self.limited(u) {
             return usize::MAX;
         }
         let state = &self.routing.upstreams[u];
         let all_out = state.all_passively_out(self.now);
         (0..state.backends.len())
             .filter(|&b| state.takes_requests(b, self.now, all_out))
-            .map(|b| self.pool.idle(u, b) + cap.saturating_sub(self.slots.open(u, b)))
+            .map(|b| self.pool.idle(u, b) + self.cap(u, b).saturating_sub(self.slots.open(u, b)))
             .sum()
     }
 
     /// A new request for `u` must queue behind earlier ones (first come,
     /// first served); the client being handed a slot goes ahead.
     pub(in crate::server) fn must_queue(&self, ck: usize, u: usize) -> bool {
-        self.max_conns(u) > 0 && self.handoff != Some(ck) && self.slots.contended(u)
+        self.limited(u) && self.handoff != Some(ck) && self.slots.contended(u)
     }
 
     /// Parks the client's (unparsed) request in `u`'s queue until a
@@ -64,6 +76,7 @@ impl EventLoop {
             gen: c.gen,
         };
         self.slots.enqueue(u, waiter);
+        let _ = self.slots.waited(u, self.now);
         LoopStats::add(&self.stats.upstream_queued, 1);
         let d = self.routing.upstream_cfg[u].queue_timeout;
         self.set_deadline(ck, d);
@@ -77,7 +90,7 @@ impl EventLoop {
 
     /// Gives each free connection slot of `u` to the next waiter.
     pub(super) fn hand_out_slots(&mut self, u: usize) {
-        if self.max_conns(u) == 0 {
+        if !self.limited(u) {
             return;
         }
         while self.free_slots(u) > self.slots.reserved(u) {
@@ -86,6 +99,25 @@ impl EventLoop {
                 None => return,
             }
         }
+    }
+
+    /// `max_conns: auto` while requests wait: the backends' windows close
+    /// when due even if nothing answers (a backend holding requests open
+    /// must not keep the limit where it is), and a raised limit serves the
+    /// queue. Returns whether any request waits (the loop then wakes within
+    /// `ADAPT_POLL` to look again).
+    pub(in crate::server) fn adapt_waiting_limits(&mut self) -> bool {
+        let mut waiting = false;
+        for u in 0..self.routing.upstream_cfg.len() {
+            if !self.routing.upstream_cfg[u].adaptive_conns || !self.slots.contended(u) {
+                continue;
+            }
+            waiting = true;
+            if self.slots.waited(u, self.now) {
+                self.hand_out_slots(u);
+            }
+        }
+        waiting
     }
 
     /// `waiter` is still the client that queued, and still waits.
