@@ -45,6 +45,9 @@ const USED_SHARE: f64 = 0.9;
 
 #[derive(Debug, Clone)]
 pub struct AdaptiveLimit {
+    /// What `get` returns: `limit`, or `FLOOR` while probing (kept so the
+    /// per-request read is one load).
+    cap: usize,
     limit: f64,
     slow_start: bool,
     /// This window runs at `FLOOR` to measure the baseline.
@@ -53,6 +56,8 @@ pub struct AdaptiveLimit {
     baseline: f64,
     epoch_start: Instant,
     window_start: Instant,
+    /// `window_start + WINDOW`: before it, nothing to do (one compare).
+    window_end: Instant,
     samples: u32,
     latency_sum: f64,
     /// Most connections open at once during the window.
@@ -62,12 +67,14 @@ pub struct AdaptiveLimit {
 impl AdaptiveLimit {
     pub fn new(now: Instant) -> AdaptiveLimit {
         AdaptiveLimit {
+            cap: INITIAL as usize,
             limit: INITIAL,
             slow_start: true,
             probing: false,
             baseline: 0.0,
             epoch_start: now,
             window_start: now,
+            window_end: now + WINDOW,
             samples: 0,
             latency_sum: 0.0,
             peak_open: 0,
@@ -77,11 +84,7 @@ impl AdaptiveLimit {
     /// Connections the backend may have open now.
     #[inline]
     pub fn get(&self) -> usize {
-        if self.probing {
-            self.limit.min(FLOOR) as usize
-        } else {
-            self.limit as usize
-        }
+        self.cap
     }
 
     /// A connection was opened: `open` are open now.
@@ -92,6 +95,7 @@ impl AdaptiveLimit {
 
     /// A response head arrived `latency` after the request was sent; true
     /// when the limit changed.
+    #[inline]
     pub fn sample(&mut self, latency: Duration, now: Instant, open: usize) -> bool {
         self.samples += 1;
         self.latency_sum += latency.as_secs_f64();
@@ -101,10 +105,18 @@ impl AdaptiveLimit {
     /// Closes the window when it is due (also called when a request has to
     /// wait, so a backend that answers nothing still gets windows); true
     /// when the limit changed. `open`: connections open now.
+    #[inline]
     pub fn maybe_close_window(&mut self, now: Instant, open: usize) -> bool {
+        now >= self.window_end && self.close_window(now, open)
+    }
+
+    #[inline(never)]
+    fn close_window(&mut self, now: Instant, open: usize) -> bool {
         let age = now.saturating_duration_since(self.window_start);
         let few = self.samples > 0 && self.samples < MIN_SAMPLES;
         if age < WINDOW || (few && age < 4 * WINDOW) {
+            // Too few answers yet: look again a little later.
+            self.window_end = now + WINDOW / 4;
             return false;
         }
         let before = self.get();
@@ -136,10 +148,16 @@ impl AdaptiveLimit {
             self.grow();
         }
         self.window_start = now;
+        self.window_end = now + WINDOW;
         self.samples = 0;
         self.latency_sum = 0.0;
         self.peak_open = 0;
-        self.get() != before
+        self.cap = if self.probing {
+            self.limit.min(FLOOR) as usize
+        } else {
+            self.limit as usize
+        };
+        self.cap != before
     }
 
     fn grow(&mut self) {

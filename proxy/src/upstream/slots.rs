@@ -119,6 +119,10 @@ impl Slots {
             || self.reserved.get(upstream).is_some_and(|&r| r > 0)
     }
 
+    pub fn has_waiters(&self, upstream: usize) -> bool {
+        self.queues.get(upstream).is_some_and(|q| !q.is_empty())
+    }
+
     pub fn reserved(&self, upstream: usize) -> usize {
         self.reserved.get(upstream).map_or(0, |&r| r as usize)
     }

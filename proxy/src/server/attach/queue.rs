@@ -90,7 +90,8 @@ impl EventLoop {
 
     /// Gives each free connection slot of `u` to the next waiter.
     pub(super) fn hand_out_slots(&mut self, u: usize) {
-        if !self.limited(u) {
+        // Nobody waits (the common case): no need to count free slots.
+        if !self.limited(u) || !self.slots.has_waiters(u) {
             return;
         }
         while self.free_slots(u) > self.slots.reserved(u) {
