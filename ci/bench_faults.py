@@ -304,13 +304,17 @@ def sighup(rig, conns):
                       f"proxy alive={alive}; proxy errors: {proxy_errors(stats) or 'none'}")
 
 
-def slowloris(rig, conns, count=10000, rate=5000):
+def slowloris(rig, conns, count=10000, rate=5000, control=False):
     (_, a), (_, b) = rig.backend("a"), rig.backend("b")
     _, _, proxy, admin = rig.proxy(config("127.0.0.1:0", [a, b]))
     url = f"http://{proxy}/"
+    # The control aims the same slow clients at a backend the proxy does not
+    # use: the same extra process and sockets on these 2 cores, nothing the
+    # proxy sees. What the p99 grows by then is the machine, not the proxy.
+    target = rig.backend("sink")[1] if control else proxy
     base = rig.result(rig.load("baseline", url, conns, 10, rate=rate))
     attack = rig.spawn("slowloris", [sys.executable, os.path.join(ROOT, "ci", "slowloris.py"),
-                                     proxy, "--count", str(count), "--connect-rate", "5000",
+                                     target, "--count", str(count), "--connect-rate", "5000",
                                      "--byte-interval", "2", "--duration", "40"])
     # Wait (at most 20 s) until the slow connections are open.
     opened, deadline = 0, time.time() + 20
@@ -334,7 +338,8 @@ def slowloris(rig, conns, count=10000, rate=5000):
     total, kinds = errors_of(during)
     btotal, _ = errors_of(base)
     return dict(errors=total, error_kinds=kinds, served=during["requests"], recovery_s=None,
-                bar="p99 <= 2x baseline", met=ratio <= 2.0 and total == 0,
+                bar="(measured)" if control else "p99 <= 2x baseline",
+                met=None if control else ratio <= 2.0 and total == 0,
                 notes=f"p99 {p99_att:.2f} ms vs baseline {p99_base:.2f} ms (x{ratio:.2f}) at "
                       f"{rate} req/s over {conns} conns; baseline errors {btotal}, served "
                       f"{base['requests']}; slowloris open when measuring {opened}, peak "
@@ -415,7 +420,9 @@ def logfull(rig, conns):
 
 
 SCENARIOS = [("backend-kill", backend_kill), ("worker-kill", worker_kill), ("sighup", sighup),
-             ("slowloris", slowloris), ("emfile", emfile), ("logfull", logfull)]
+             ("slowloris", slowloris),
+             ("slowloris-control", lambda rig, conns: slowloris(rig, conns, control=True)),
+             ("emfile", emfile), ("logfull", logfull)]
 
 
 def machine():
