@@ -5,8 +5,8 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 RELEASE := $(TARGET_DIR)/release
 LOADGEN := $(RELEASE)/loadgen
 
-.PHONY: bench-reconfig bench-faults all build build-prod test lint fmt bench bench-peers peers-table bench-loadgen \
-        report test-million scale-100k gate profile fuzz clean
+.PHONY: bench-reconfig bench-faults bench-upgrade soak all build build-prod test lint fmt bench bench-peers peers-table bench-loadgen \
+        report test-million scale-100k gate profile fuzz clean docker-build test-deploy test-docker
 
 all: build
 
@@ -17,8 +17,36 @@ build:
 build-prod:
 	$(CARGO) build --profile prod --workspace
 
+# The Rust tests, then the deployment files' tests (test-deploy).
 test:
 	$(CARGO) test --workspace
+	$(MAKE) test-deploy
+
+# deploy/: the systemd unit (systemd-analyze verify), the Kubernetes manifests
+# (kubectl kustomize + kubernetes-validate), deploy.sh in a temporary root and
+# network namespaces. Each skips with a message when its tool is missing.
+# About 30 s after the build. The monitoring files are tested by
+# proxy/tests/monitoring.rs (cargo test).
+test-deploy: build
+	BIN_DIR=$(RELEASE) deploy/tests/systemd.sh
+	python3 deploy/tests/k8s.py $(RELEASE)
+	BIN_DIR=$(RELEASE) deploy/tests/deploy_sh.sh
+
+# The container image: speedmimi:VERSION and :latest, FROM scratch with the
+# three binaries linked statically (glibc, crt-static) and deploy/speedmimi.yaml.
+STATIC_TARGET := x86_64-unknown-linux-gnu
+STATIC := $(TARGET_DIR)/$(STATIC_TARGET)/release
+VERSION = $(shell $(CARGO) pkgid -p speedmimi | sed 's/.*[#@]//')
+docker-build:
+	RUSTFLAGS='-C target-feature=+crt-static' $(CARGO) build --release --target $(STATIC_TARGET) \
+		-p speedmimi -p loadgen -p tuner
+	deploy/docker/build.sh $(STATIC) $(VERSION)
+
+# The image for real (deploy/tests/docker.sh): backend, proxy and client
+# containers on a private network; removes what it made. A separate target:
+# the static build takes several minutes the first time. Skips without Docker.
+test-docker: docker-build
+	deploy/tests/docker.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -81,6 +109,25 @@ bench-reconfig: build
 # minutes; run as root (it mounts a 64 KiB tmpfs).
 bench-faults: build
 	SPEEDMIMI=$(RELEASE)/speedmimi LOADGEN=$(LOADGEN) ci/bench_faults.py
+
+# Upgrading the binary under load (ci/bench_upgrade.py): SIGUSR2 twice during
+# keep-alive and new-connection load, 1 and 2 processes; failed requests,
+# admin failures, time to serve and to drain. results/bench-upgrade.txt, ~30 s.
+bench-upgrade: build
+	SPEEDMIMI=$(RELEASE)/speedmimi LOADGEN=$(LOADGEN) ci/bench_upgrade.py
+
+# Soak (ci/soak.py): keep-alive and new-connection load, slow clients, a
+# reload every minute, a backend restart every 3 minutes, for DURATION seconds
+# in windows of WINDOW; per-window table, verdict (RSS flat, p99 drift, 0
+# errors, no descriptor left once the load stops) and report.html in
+# results/soak-*/. BARS=leaks fails only on errors and descriptors left
+# behind (CI's short run).
+DURATION ?= 3600
+WINDOW ?= 300
+BARS ?= all
+soak: build
+	SPEEDMIMI=$(RELEASE)/speedmimi LOADGEN=$(LOADGEN) ci/soak.py --duration $(DURATION) \
+		--window $(WINDOW) --bars $(BARS)
 
 # CI performance gate: speedmimi vs nginx ratios (5 interleaved rounds) against
 # the floors in ci/gates.yaml, and callgrind instructions per request against

@@ -8,6 +8,10 @@ run`, keep-alive GETs, closed loop) and injects one fault:
   sighup         SIGHUP every second for 10 s, the balancer toggled each time (bar: 0 errors)
   slowloris      10,000 slowloris connections (ci/slowloris.py, its own process)
                  beside normal clients at a fixed rate; their p99 vs a baseline run (bar: <= x2)
+  slowloris-control  the same slow clients at a backend the proxy does not use
+  slowloris-decoy    the same slow clients at a second speedmimi (same churn)
+                 In the three, the slow clients (and the decoy) run on the last
+                 CPU and everything measured on the others, as if on two hosts.
   emfile         the proxy under `RLIMIT_NOFILE` 256 and 400 clients, then 20
                  (bar: it serves again once the load drops)
   logfull        server.access_log on a 64 KiB tmpfs (bar: 0 errors, dropped lines counted)
@@ -118,13 +122,14 @@ class Rig:
                        env={**os.environ, "RUST_LOG": "warn"})
         return p, path, self.line_in(name, "listening on "), self.line_in(name, "admin on ")
 
-    def load(self, name, url, conns, secs, rate=None, timeout="2s"):
+    def load(self, name, url, conns, secs, rate=None, timeout="2s", cpus=None):
         argv = [self.loadgen, "run", url, "-c", str(conns), "-t", "1", "-d", f"{secs}s",
                 "--timeout", timeout, "--json", "-q",
                 "--csv", os.path.join(self.work, f"{name}.csv")]
         if rate:
             argv += ["-R", str(rate)]
-        p = self.spawn(name, argv)
+        pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+        p = self.spawn(name, argv, preexec_fn=pin)
         p.t0 = time.monotonic()
         return p
 
@@ -216,6 +221,12 @@ def backends_health(admin):
     return " ".join(str(x.get('health', x.get('state', '?'))) for x in b)
 
 
+def pin(pid, cpus):
+    """Every thread of `pid` onto `cpus` (sched_setaffinity takes one thread)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(tid), cpus)
+
+
 def proxy_stats(admin):
     return json.loads(get(f"http://{admin}/api/v1/stats/server"))
 
@@ -304,18 +315,38 @@ def sighup(rig, conns):
                       f"proxy alive={alive}; proxy errors: {proxy_errors(stats) or 'none'}")
 
 
-def slowloris(rig, conns, count=10000, rate=5000, control=False):
+def slowloris(rig, conns, count=10000, rate=5000, aim="proxy"):
     (_, a), (_, b) = rig.backend("a"), rig.backend("b")
     _, _, proxy, admin = rig.proxy(config("127.0.0.1:0", [a, b]))
     url = f"http://{proxy}/"
-    # The control aims the same slow clients at a backend the proxy does not
-    # use: the same extra process and sockets on these 2 cores, nothing the
-    # proxy sees. What the p99 grows by then is the machine, not the proxy.
-    target = rig.backend("sink")[1] if control else proxy
-    base = rig.result(rig.load("baseline", url, conns, 10, rate=rate))
+    # The controls aim the same slow clients elsewhere, so the measured proxy
+    # sees none of them: "sink" at a backend it does not use (the same extra
+    # process and sockets on these 2 cores, no churn: a backend never closes
+    # them), "decoy" at a second speedmimi with the same config (the same
+    # churn too: it closes them at header_timeout and they reconnect). What
+    # the p99 grows by under a control is the machine, not the proxy.
+    control = aim != "proxy"
+    # An attacker has hosts of its own: the slow clients (and the decoy) get
+    # the last CPU, everything measured the others, so what the p99 shows is
+    # the proxy's work for the slow connections, not their client's.
+    cpus = sorted(os.sched_getaffinity(0))
+    ours, theirs = (set(cpus[:-1]), {cpus[-1]}) if len(cpus) > 1 else (set(cpus), set(cpus))
+    for p in rig.procs:
+        pin(p.pid, ours)
+    if aim == "sink":
+        sink, target = rig.backend("sink")
+        pin(sink.pid, theirs)
+    elif aim == "decoy":
+        decoy = rig.proxy(config("127.0.0.1:0", [a, b]), name="decoy")
+        pin(decoy[0].pid, theirs)
+        target = decoy[2]
+    else:
+        target = proxy
+    base = rig.result(rig.load("baseline", url, conns, 10, rate=rate, cpus=ours))
     attack = rig.spawn("slowloris", [sys.executable, os.path.join(ROOT, "ci", "slowloris.py"),
                                      target, "--count", str(count), "--connect-rate", "5000",
-                                     "--byte-interval", "2", "--duration", "40"])
+                                     "--byte-interval", "2", "--duration", "40"],
+                       preexec_fn=lambda: os.sched_setaffinity(0, theirs))
     # Wait (at most 20 s) until the slow connections are open.
     opened, deadline = 0, time.time() + 20
     while opened < count and time.time() < deadline:
@@ -324,7 +355,7 @@ def slowloris(rig, conns, count=10000, rate=5000, control=False):
             counts = [int(line.split()[1]) for line in f if line.startswith("open ")]
         opened = counts[-1] if counts else 0
     c0, t0 = cpu_ticks(attack.pid), time.monotonic()
-    during = rig.result(rig.load("under-attack", url, conns, 10, rate=rate))
+    during = rig.result(rig.load("under-attack", url, conns, 10, rate=rate, cpus=ours))
     attack_cpu = (cpu_ticks(attack.pid) - c0) / TICK / (time.monotonic() - t0) * 100
     held = proxy_stats(admin)
     attack.send_signal(signal.SIGTERM)
@@ -421,7 +452,8 @@ def logfull(rig, conns):
 
 SCENARIOS = [("backend-kill", backend_kill), ("worker-kill", worker_kill), ("sighup", sighup),
              ("slowloris", slowloris),
-             ("slowloris-control", lambda rig, conns: slowloris(rig, conns, control=True)),
+             ("slowloris-control", lambda rig, conns: slowloris(rig, conns, aim="sink")),
+             ("slowloris-decoy", lambda rig, conns: slowloris(rig, conns, aim="decoy")),
              ("emfile", emfile), ("logfull", logfull)]
 
 
@@ -451,18 +483,26 @@ def table(rows):
     return "\n".join(out)
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--only", default="", help="comma-separated scenario names")
-    ap.add_argument("--conns", type=int, default=50)
-    a = ap.parse_args()
-    # SIGTERM (timeout, Ctrl-C's cousin) unwinds through Rig.stop like an error.
+def prepare():
+    """What every bench script does first: SIGTERM (a timeout, Ctrl-C's
+    cousin) unwinds through Rig.stop like an error, the descriptor limit is
+    raised to the hard one, and the binaries are found (env SPEEDMIMI,
+    LOADGEN, else $CARGO_TARGET_DIR/release)."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
     binaries = (os.environ.get("SPEEDMIMI") or os.path.join(target, "release", "speedmimi"),
                 os.environ.get("LOADGEN") or os.path.join(target, "release", "loadgen"))
+    return binaries
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--only", default="", help="comma-separated scenario names")
+    ap.add_argument("--conns", type=int, default=50)
+    a = ap.parse_args()
+    binaries = prepare()
     only = [n for n in a.only.split(",") if n]
     rows = []
     for name, run in SCENARIOS:

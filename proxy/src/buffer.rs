@@ -117,21 +117,36 @@ struct Tier {
     /// Most buffers in use at once since the last `decay`.
     peak: usize,
     floor: usize,
+    /// Touch every page of a new buffer. The allocator hands out untouched
+    /// pages, so otherwise a pooled buffer's resident size grows for hours
+    /// as larger messages happen to pass through it (the soak's creep);
+    /// touched at once, RSS shows what the pool holds from the start.
+    prefault: bool,
 }
 
 impl Tier {
     fn get(&mut self) -> Buf {
         self.in_use += 1;
         self.peak = self.peak.max(self.in_use);
-        let data = self
-            .free
-            .pop()
-            .unwrap_or_else(|| vec![0u8; self.size].into_boxed_slice());
+        let data = self.free.pop().unwrap_or_else(|| self.alloc());
         Buf {
             data,
             start: 0,
             end: 0,
         }
+    }
+
+    fn alloc(&self) -> Box<[u8]> {
+        let mut data = vec![0u8; self.size].into_boxed_slice();
+        if self.prefault {
+            for page in data.chunks_mut(PAGE) {
+                // Volatile: the allocator's zeroed memory must not let the
+                // compiler drop a store of zero.
+                // SAFETY: the first byte of a live slice borrowed mutably.
+                unsafe { std::ptr::write_volatile(page.as_mut_ptr(), 0) };
+            }
+        }
+        data
     }
 
     /// Returns the bytes released to the allocator.
@@ -154,22 +169,26 @@ impl Tier {
     }
 }
 
-/// Size of the small tier: any head the proxy writes that fits in it.
+/// Size of the small tier: a head the proxy writes that fits in it, and
+/// every client read until it overflows (most request heads fit, so a slow
+/// or idle-then-talking client holds one page, not a large buffer).
 pub const SMALL_BUF: usize = 4096;
+const PAGE: usize = 4096;
 
 impl BufPool {
     /// `floor`: free buffers of each size kept however quiet the loop is.
     pub fn new(size: usize, floor: usize) -> BufPool {
-        let tier = |size| Tier {
+        let tier = |size, prefault| Tier {
             free: Vec::new(),
             size,
             in_use: 0,
             peak: 0,
             floor,
+            prefault,
         };
         BufPool {
-            large: tier(size),
-            small: tier(SMALL_BUF.min(size)),
+            large: tier(size, true),
+            small: tier(SMALL_BUF.min(size), false),
             released_bytes: 0,
         }
     }
@@ -183,6 +202,25 @@ impl BufPool {
         } else {
             self.large.get()
         }
+    }
+    /// A small buffer for reading from a client: `grow` moves it to a
+    /// large one when the bytes do not fit.
+    pub fn get_small(&mut self) -> Buf {
+        self.small.get()
+    }
+    /// Moves the unread bytes of a small buffer into a large one; a large
+    /// buffer is left as it is.
+    pub fn grow(&mut self, buf: &mut Buf) {
+        if !self.is_small(buf) {
+            return;
+        }
+        let mut large = self.large.get();
+        large.push(buf.data());
+        let small = std::mem::replace(buf, large);
+        self.put(small);
+    }
+    pub fn is_small(&self, buf: &Buf) -> bool {
+        buf.capacity() < self.large.size
     }
     pub fn put(&mut self, buf: Buf) {
         let released = if buf.data.len() == self.large.size {
@@ -240,5 +278,20 @@ mod tests {
         pool.decay();
         assert_eq!(pool.large.free.len(), 2, "back to the floor");
         assert_eq!(pool.get_for(100).capacity(), 64);
+    }
+
+    #[test]
+    fn a_small_buffer_grows_with_its_bytes() {
+        let mut pool = BufPool::new(3 * PAGE, 1);
+        let mut b = pool.get_small();
+        assert!(pool.is_small(&b));
+        b.push(&[7u8; SMALL_BUF]);
+        b.consume(10);
+        pool.grow(&mut b);
+        assert_eq!(b.capacity(), 3 * PAGE);
+        assert_eq!(b.data(), &[7u8; SMALL_BUF - 10][..]);
+        assert_eq!(pool.small.free.len(), 1, "the small one went back");
+        pool.grow(&mut b);
+        assert_eq!(b.capacity(), 3 * PAGE, "a large one stays");
     }
 }

@@ -18,4 +18,5 @@ pub mod profiler;
 pub mod server;
 pub mod stats;
 pub mod timer;
+pub mod upgrade;
 pub mod upstream;

@@ -1,10 +1,14 @@
 //! Process life cycle: one process, or a master with worker processes;
 //! signals (SIGHUP reloads the file, SIGTERM drains gracefully, SIGINT stops
-//! at once); delivery of configuration changes to every worker.
+//! at once, SIGUSR2 upgrades the binary: `upgrade.rs`); delivery of
+//! configuration changes to every worker.
 //!
 //! With `server.processes: N` the master starts N copies of this binary
-//! (`--worker I --board FILE`), each running `server.workers` event loops on
-//! the same port (SO_REUSEPORT). They share a counter board in /dev/shm so
+//! (`--worker I --board FILE --listen-fds ...`), each running
+//! `server.workers` event loops on the same port (SO_REUSEPORT). The master
+//! binds the listening sockets and the workers inherit theirs, so a
+//! restarted worker serves the connections that waited in its queues, and
+//! an upgrade hands every socket over from one place. They share a counter board in /dev/shm so
 //! the master's admin API reports exact sums; the master's files there are
 //! private and named `speedmimi-PID-RANDOM.*` (`control::shm`). A
 //! configuration change is written to a file beside the board (admin token
@@ -16,11 +20,14 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
 use signal_hook::iterator::Signals;
 
 use crate::config::{Config, RawConfig};
@@ -29,7 +36,8 @@ use crate::control::shm;
 use crate::control::snapshot::{self, RateMeter};
 use crate::control::{ApplyError, BackendSnapshot, ControlPlane, ServerSnapshot};
 use crate::profiler::relay::{self, WorkerProfile};
-use crate::server::{refuse_restart_only_changes, Server};
+use crate::server::{listener, refuse_restart_only_changes, Server};
+use crate::upgrade::{self, Inherited};
 use crate::upstream::probe::Prober;
 
 /// How often workers look for a new configuration and the master for dead workers.
@@ -42,12 +50,19 @@ pub trait AdminApi: Send {
     fn local_addr(&self) -> SocketAddr;
     /// Replaces the bearer token (refusals say why).
     fn set_token(&self, token: Option<String>) -> io::Result<()>;
+    /// A copy of the listening socket, for an upgrade to serve on.
+    fn listener_fd(&self) -> io::Result<OwnedFd>;
 }
 
 /// Starts the admin API of a configuration for a control plane: the
 /// binary hands `admin::start` to `run` (the life cycle does not reach
 /// into the admin module, which sits above it).
-pub type AdminStarter = fn(&Config, Arc<dyn ControlPlane>) -> io::Result<Box<dyn AdminApi>>;
+/// The listener, when given, is the admin socket of the process being upgraded.
+pub type AdminStarter = fn(
+    &Config,
+    Arc<dyn ControlPlane>,
+    Option<std::net::TcpListener>,
+) -> io::Result<Box<dyn AdminApi>>;
 
 /// What `run` announces once the proxy serves: its address, the event
 /// loops per process, and the admin API's address when there is one.
@@ -55,6 +70,8 @@ pub struct Started {
     pub listen: SocketAddr,
     pub event_loops: usize,
     pub admin: Option<SocketAddr>,
+    /// The pid this process took over from (SIGUSR2), if it did.
+    pub upgraded_from: Option<u32>,
 }
 
 type AdminGuard = Option<Box<dyn AdminApi>>;
@@ -63,38 +80,83 @@ fn start_admin(
     admin: Option<AdminStarter>,
     config: &Config,
     plane: Arc<dyn ControlPlane>,
+    inherited: Option<std::net::TcpListener>,
 ) -> io::Result<AdminGuard> {
-    admin.map(|start| start(config, plane)).transpose()
+    admin
+        .map(|start| start(config, plane, inherited))
+        .transpose()
+}
+
+/// The new process of an upgrade serves: the old one may stop.
+fn took_over(inherited: Option<Inherited>) -> io::Result<()> {
+    match inherited {
+        Some(i) => {
+            let old = i.old_pid;
+            i.ready()?;
+            upgrade::notify_systemd(true);
+            tracing::info!("upgrade: serving in place of pid {old}");
+        }
+        None => upgrade::notify_systemd(false),
+    }
+    Ok(())
+}
+
+/// SIGUSR2: hands these sockets to a new process (`upgrade::begin`).
+fn start_upgrade(listeners: io::Result<Vec<OwnedFd>>, admin: &AdminGuard) {
+    upgrade::begin(listeners, admin.as_ref().map(|a| a.listener_fd()));
+}
+
+/// SIGTERM, the log line says whether an upgrade asked for it.
+fn drain_reason() -> &'static str {
+    if upgrade::handed_over() {
+        "upgraded"
+    } else {
+        "SIGTERM"
+    }
 }
 
 /// Runs the proxy until SIGTERM (graceful) or SIGINT, with the admin API
 /// `admin` starts (none without); `announce` is called once it serves.
+/// With `inherited`, this process is the new one of an upgrade and serves
+/// on the sockets it got.
 pub fn run(
     path: &Path,
     raw: RawConfig,
     config: Config,
     admin: Option<AdminStarter>,
+    mut inherited: Option<Inherited>,
     announce: impl FnOnce(Started),
 ) -> io::Result<()> {
     if config.server.processes > 1 {
-        return run_master(path, raw, config, admin, announce);
+        return run_master(path, raw, config, admin, inherited, announce);
     }
-    let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT])?;
+    let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT, SIGUSR2])?;
     let graceful = config.server.graceful_timeout;
-    let server = Server::start(raw, config.clone(), Board::in_process(), 0)?;
+    let (listeners, admin_listener) = match inherited.as_mut() {
+        Some(i) => (std::mem::take(&mut i.listeners), i.admin.take()),
+        None => (Vec::new(), None),
+    };
+    let server = Server::start_on(raw, config.clone(), Board::in_process(), 0, listeners)?;
     server.start_health_checks()?;
-    let admin = start_admin(admin, &config, server.clone())?;
+    let mut admin = start_admin(admin, &config, server.clone(), admin_listener)?;
     announce(Started {
         listen: server.local_addr,
         event_loops: config.server.workers,
         admin: admin.as_ref().map(|a| a.local_addr()),
+        upgraded_from: inherited.as_ref().map(|i| i.old_pid),
     });
+    took_over(inherited)?;
     for signal in signals.forever() {
         match signal {
             SIGHUP => reload(path, &*server, &admin),
+            SIGUSR2 => start_upgrade(server.listener_fds(), &admin),
             SIGTERM => {
-                tracing::info!("SIGTERM: draining for at most {graceful:?}");
+                tracing::info!("{}: draining for at most {graceful:?}", drain_reason());
+                if upgrade::handed_over() {
+                    admin = None; // the new process serves the admin API
+                }
                 server.drain(graceful);
+                drop(admin);
                 return server.wait();
             }
             _ => std::process::exit(130),
@@ -131,12 +193,13 @@ pub fn run_worker(
     config: Config,
     index: usize,
     board_path: &Path,
+    listeners: Vec<std::net::TcpListener>,
 ) -> io::Result<()> {
     let board = Board::shared(board_path, false)?;
     let slot = &board.processes[index.min(MAX_PROCESSES - 1)];
     let generation = board.generation.load(Acquire);
     let graceful = config.server.graceful_timeout;
-    let server = Server::start(raw, config, board, index)?;
+    let server = Server::start_on(raw, config, board, index, listeners)?;
     slot.applied_generation.store(generation, Relaxed);
     // Before the pid is published: a profile asked of this pid must be
     // one this worker answers.
@@ -186,8 +249,13 @@ struct Master {
     config_path: PathBuf,
     processes: usize,
     loops: usize,
+    /// Every worker's listening sockets, `loops` per worker in order
+    /// (emptied when draining: nobody accepts on them any more).
+    listeners: Mutex<Vec<std::net::TcpListener>>,
     current: Mutex<(RawConfig, Arc<Config>)>,
     children: Mutex<Vec<Option<Child>>>,
+    /// Workers restarted after they died (`speedmimi_worker_restarts_total`).
+    restarts: AtomicU64,
     started: Instant,
     meter: RateMeter,
     /// Serializes configuration changes.
@@ -200,8 +268,13 @@ struct Master {
 impl Master {
     fn spawn_worker(&self, index: usize) -> io::Result<Child> {
         self.board.processes[index].pid.store(0, Relaxed);
-        let exe = std::env::current_exe()?;
-        let mut command = Command::new(exe);
+        let fds: Vec<i32> = {
+            let listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+            let mine = listeners.iter().skip(index * self.loops).take(self.loops);
+            mine.map(|l| l.as_raw_fd()).collect()
+        };
+        let list: Vec<String> = fds.iter().map(i32::to_string).collect();
+        let mut command = Command::new(upgrade::exe()?);
         command
             .arg("--config")
             .arg(&self.config_path)
@@ -209,17 +282,30 @@ impl Master {
             .arg(index.to_string())
             .arg("--board")
             .arg(&self.board_path)
+            .arg("--listen-fds")
+            .arg(list.join(","))
             .stdin(Stdio::null())
             .stdout(Stdio::null());
-        // SAFETY: prctl is async-signal-safe; a worker must not outlive its master.
+        // SAFETY: prctl and fcntl are async-signal-safe. A worker must not
+        // outlive its master, and keeps its own listening sockets across
+        // exec (every other descriptor is close-on-exec).
         unsafe {
             use std::os::unix::process::CommandExt;
-            command.pre_exec(|| {
+            command.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
+                fds.iter().try_for_each(|&fd| upgrade::keep_across_exec(fd))
             });
         }
         command.spawn()
+    }
+
+    /// Copies of every listening socket, for an upgrade.
+    fn listener_fds(&self) -> io::Result<Vec<OwnedFd>> {
+        let listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        listeners
+            .iter()
+            .map(|l| Ok(l.try_clone()?.into()))
+            .collect()
     }
 
     /// Writes `raw` for the workers, the admin token redacted: only the
@@ -269,6 +355,7 @@ impl Master {
             if dead {
                 if let Some(c) = child.as_ref() {
                     tracing::warn!("worker {index} (pid {}) died: restarting it", c.id());
+                    self.restarts.fetch_add(1, Relaxed);
                 }
                 // Its connections died with it; its totals stay in the sums.
                 self.board.forget_process(index);
@@ -341,13 +428,15 @@ impl ControlPlane for Master {
     }
 
     fn server(&self) -> ServerSnapshot {
-        snapshot::server(
+        let mut s = snapshot::server(
             self.board,
             self.processes,
             self.loops,
             self.started,
             &self.meter,
-        )
+        );
+        s.worker_restarts = self.restarts.load(Relaxed);
+        s
     }
 
     fn backends(&self, upstream: &str) -> Option<Vec<BackendSnapshot>> {
@@ -398,16 +487,23 @@ fn run_master(
     mut raw: RawConfig,
     mut config: Config,
     admin: Option<AdminStarter>,
+    mut inherited: Option<Inherited>,
     announce: impl FnOnce(Started),
 ) -> io::Result<()> {
     let processes = config.server.processes.min(MAX_PROCESSES);
-    if config.server.listen.port() == 0 {
-        // Workers must agree on one port: pick a free one now.
-        let probe = std::net::TcpListener::bind(config.server.listen)?;
-        config.server.listen = probe.local_addr()?;
-        raw.server.listen = config.server.listen.to_string();
-    }
-    let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT])?;
+    let loops = config
+        .server
+        .workers
+        .clamp(1, crate::control::board::MAX_LOOPS);
+    let (given, admin_listener) = match inherited.as_mut() {
+        Some(i) => (std::mem::take(&mut i.listeners), i.admin.take()),
+        None => (Vec::new(), None),
+    };
+    let listeners = listener::listeners_for(config.server.listen, processes * loops, given)?;
+    // Port 0 resolved: the workers' configuration names the real port.
+    config.server.listen = listeners[0].local_addr()?;
+    raw.server.listen = config.server.listen.to_string();
+    let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT, SIGUSR2])?;
     let dir = PathBuf::from("/dev/shm");
     let stale = Board::remove_stale(&dir);
     if stale > 0 {
@@ -423,9 +519,11 @@ fn run_master(
         board_path: board_path.clone(),
         config_path: config_path.clone(),
         processes,
-        loops: config.server.workers,
+        loops,
+        listeners: Mutex::new(listeners),
         current: Mutex::new((raw.clone(), Arc::new(config.clone()))),
         children: Mutex::new((0..processes).map(|_| None).collect()),
+        restarts: AtomicU64::new(0),
         started: Instant::now(),
         meter: RateMeter::default(),
         applying: Mutex::new(()),
@@ -450,19 +548,31 @@ fn run_master(
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = master.prober.set(Prober::start(board, &config)?);
-    let admin = start_admin(admin, &config, master.clone())?;
+    let mut admin = start_admin(admin, &config, master.clone(), admin_listener)?;
     announce(Started {
         listen: config.server.listen,
         event_loops: config.server.workers,
         admin: admin.as_ref().map(|a| a.local_addr()),
+        upgraded_from: inherited.as_ref().map(|i| i.old_pid),
     });
+    took_over(inherited)?;
     let graceful = config.server.graceful_timeout;
     loop {
         for signal in signals.pending() {
             match signal {
                 SIGHUP => reload(path, &*master, &admin),
+                SIGUSR2 => start_upgrade(master.listener_fds(), &admin),
                 SIGTERM => {
-                    tracing::info!("SIGTERM: workers drain for at most {graceful:?}");
+                    tracing::info!("{}: workers drain for at most {graceful:?}", drain_reason());
+                    if upgrade::handed_over() {
+                        drop(admin.take()); // the new process serves the admin API
+                    }
+                    // The workers close theirs as they start draining.
+                    master
+                        .listeners
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clear();
                     master.signal_workers(libc::SIGTERM);
                     master.wait_workers();
                     drop(cleanup);

@@ -1,6 +1,7 @@
 //! `speedmimi`: runs the proxy, or checks a configuration file.
 
 use std::io::Write;
+use std::os::fd::{AsFd, FromRawFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -24,9 +25,17 @@ struct Cli {
     /// Internal: the master's shared counter board.
     #[arg(long, hide = true)]
     board: Option<PathBuf>,
+    /// Internal: a worker's listening sockets, inherited from its master.
+    #[arg(long, hide = true, value_delimiter = ',')]
+    listen_fds: Vec<i32>,
+    /// Internal: the socket on which the process being upgraded hands over.
+    #[arg(long, hide = true)]
+    upgrade_fd: Option<i32>,
 }
 
 fn main() -> ExitCode {
+    // Read now: an upgrade runs the binary at this path even once replaced.
+    let _ = speedmimi::upgrade::exe();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -52,28 +61,25 @@ fn main() -> ExitCode {
     }
     let result = match (cli.worker, cli.board) {
         (Some(index), Some(board)) => {
-            lifecycle::run_worker(&cli.config, raw, config, index, &board)
+            let listeners = cli.listen_fds.iter().map(|&fd| {
+                // SAFETY: the master passed these descriptors to this worker alone.
+                let l = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+                let _ = speedmimi::upgrade::set_cloexec(l.as_fd());
+                l
+            });
+            lifecycle::run_worker(&cli.config, raw, config, index, &board, listeners.collect())
         }
-        _ => lifecycle::run(
-            &cli.config,
-            raw,
-            config,
-            Some(speedmimi::admin::start),
-            |started| {
-                // Scripts and tests read these lines (port 0 resolves here). A
-                // reader that stopped listening must not bring the proxy down.
-                let mut out = std::io::stdout().lock();
-                let _ = writeln!(
-                    out,
-                    "listening on {} ({} event loops)",
-                    started.listen, started.event_loops
-                );
-                if let Some(admin) = started.admin {
-                    let _ = writeln!(out, "admin on {admin}");
+        _ => {
+            let inherited = match cli.upgrade_fd.map(speedmimi::upgrade::Inherited::receive) {
+                Some(Err(e)) => {
+                    eprintln!("speedmimi: {e}");
+                    return ExitCode::from(1);
                 }
-                let _ = out.flush();
-            },
-        ),
+                Some(Ok(i)) => Some(i),
+                None => None,
+            };
+            run_proxy(&cli.config, raw, config, inherited)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -82,4 +88,40 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn run_proxy(
+    path: &std::path::Path,
+    raw: speedmimi::config::RawConfig,
+    config: Config,
+    inherited: Option<speedmimi::upgrade::Inherited>,
+) -> std::io::Result<()> {
+    lifecycle::run(
+        path,
+        raw,
+        config,
+        Some(speedmimi::admin::start),
+        inherited,
+        |started| {
+            // Scripts and tests read these lines (port 0 resolves here). A
+            // reader that stopped listening must not bring the proxy down.
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(
+                out,
+                "listening on {} ({} event loops)",
+                started.listen, started.event_loops
+            );
+            if let Some(admin) = started.admin {
+                let _ = writeln!(out, "admin on {admin}");
+            }
+            if let Some(old) = started.upgraded_from {
+                let _ = writeln!(
+                    out,
+                    "upgraded: pid {} serves in place of pid {old}",
+                    std::process::id()
+                );
+            }
+            let _ = out.flush();
+        },
+    )
 }

@@ -127,6 +127,7 @@ impl ControlPlane for TestPlane {
             requests_per_second: 250.0,
             rss_bytes: 8 << 20,
             processes: 2,
+            worker_restarts: 1,
             total,
             workers,
         }
@@ -372,6 +373,7 @@ fn server_stats_have_totals_and_per_worker_rows() {
     );
     assert_eq!(v["uptime_seconds"], 12.5);
     assert_eq!(v["rss_bytes"], 8 << 20);
+    assert_eq!(v["worker_restarts"], 1);
     assert_eq!(v["processes"], 2);
     assert_eq!(v["upstream"]["retries"], 3);
     let workers = v["workers"].as_array().unwrap();
@@ -739,7 +741,8 @@ fn with_a_token_every_request_needs_it() {
     let (plane, admin) = start_with_token();
     let addr = admin.local_addr();
     let paths = [
-        ("GET", "/api/v1/health"),
+        ("POST", "/api/v1/health"),
+        ("GET", "/api/v1/backends"),
         ("GET", "/api/v1/config"),
         ("GET", "/metrics"),
         ("GET", "/api/v1/nope"),
@@ -759,18 +762,36 @@ fn with_a_token_every_request_needs_it() {
             assert!(challenge.starts_with("Bearer"), "{challenge}");
         }
     }
-    let head = "GET /api/v1/health HTTP/1.1\nHost: a\nAuthorization: Basic czNjcmV0\n\
+    let head = "GET /api/v1/config HTTP/1.1\nHost: a\nAuthorization: Basic czNjcmV0\n\
                 Connection: close\n\n";
     assert_eq!(send(addr, head, b"").status, 401);
     assert_eq!(plane.applied(), 0);
-    let r = request(addr, "GET", "/api/v1/health", Some(TOKEN), "");
+    let r = request(addr, "GET", "/api/v1/config", Some(TOKEN), "");
     assert_eq!(r.status, 200);
-    let head = format!("GET /api/v1/health HTTP/1.1\nHost: a\nAuthorization: bearer {TOKEN}\nConnection: close\n\n");
+    let head = format!("GET /api/v1/config HTTP/1.1\nHost: a\nAuthorization: bearer {TOKEN}\nConnection: close\n\n");
     assert_eq!(
         send(addr, &head, b"").status,
         200,
         "scheme is case-insensitive"
     );
+}
+
+#[test]
+fn liveness_answers_without_the_token_and_says_nothing_else() {
+    // Probes (Kubernetes httpGet, a load balancer's check) cannot send a
+    // secret: GET /api/v1/health needs none, and tells only "ok".
+    let (_, admin) = start_with_token();
+    let addr = admin.local_addr();
+    for auth in [None, Some("wrong")] {
+        let r = request(addr, "GET", "/api/v1/health", auth, "");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let body: Value = serde_json::from_str(&r.text()).unwrap();
+        assert_eq!(body, json!({ "status": "ok" }));
+    }
+    // Nothing beside it: a path under it, or the metrics, still need it.
+    for path in ["/api/v1/health/", "/api/v1/healthz", "/metrics"] {
+        assert_eq!(request(addr, "GET", path, None, "").status, 401, "{path}");
+    }
 }
 
 #[test]
@@ -833,11 +854,11 @@ fn a_token_changed_by_a_patch_is_the_one_required_next() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
-        request(addr, "GET", "/api/v1/health", Some(TOKEN), "").status,
+        request(addr, "GET", "/api/v1/backends", Some(TOKEN), "").status,
         401
     );
     assert_eq!(
-        request(addr, "GET", "/api/v1/health", Some("n3w"), "").status,
+        request(addr, "GET", "/api/v1/backends", Some("n3w"), "").status,
         200
     );
 }
@@ -1006,7 +1027,7 @@ fn with_a_token_any_host_is_served_but_writes_still_need_json() {
         let r = from_page(
             addr,
             "GET",
-            "/api/v1/health",
+            "/api/v1/backends",
             Some(host),
             None,
             Some(TOKEN),
@@ -1014,7 +1035,7 @@ fn with_a_token_any_host_is_served_but_writes_still_need_json() {
         );
         assert_eq!(r.status, 200, "{host}: {}", r.text());
         // The token still decides.
-        let r = from_page(addr, "GET", "/api/v1/health", Some(host), None, None, "");
+        let r = from_page(addr, "GET", "/api/v1/backends", Some(host), None, None, "");
         assert_eq!(r.status, 401, "{host}: {}", r.text());
     }
     let r = from_page(

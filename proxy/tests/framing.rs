@@ -713,3 +713,47 @@ fn forwards_options_asterisk() {
     assert_eq!(c.read_response().status, 200);
     assert_eq!(b.last().target, "*");
 }
+
+#[test]
+fn heads_that_stall_together_all_get_408_across_poll_turns() {
+    // 200 heads expiring in the same tick: the loop acts on 16 deadlines
+    // per turn (EXPIRE_BATCH), so this spans many turns; every one of them
+    // must still get its 408, and a normal request is served meanwhile.
+    let b = Backend::start("a");
+    let mut cfg = Cfg::new(&[b.addr]);
+    cfg.header_timeout = "500ms";
+    let mut p = cfg.start();
+    let mut stalled: Vec<Client> = (0..200).map(|_| p.client()).collect();
+    for c in &mut stalled {
+        c.send(b"GET / HTTP/1.1\r\nHost: a\r\n");
+    }
+    for c in &mut stalled {
+        assert_eq!(c.read_response().status, 408);
+    }
+    assert_eq!(b.requests(), 0);
+    assert_still_serves(&mut p);
+}
+
+/// A client's bytes start in a 4 KiB buffer: a head that outgrows it, sent
+/// in pieces, and the body and pipelined request behind it, arrive whole.
+#[test]
+fn a_head_larger_than_the_first_buffer_arrives_whole() {
+    let (b, p) = proxy_with_backend();
+    let big = "v".repeat(10_000);
+    let head =
+        format!("POST /big HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\nContent-Length: 6\r\n\r\n");
+    let mut c = Client::connect(p.addr);
+    let bytes = head.as_bytes();
+    for piece in [&bytes[..3000], &bytes[3000..4096], &bytes[4096..]] {
+        c.send(piece);
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    c.send(b"body!\nGET /after HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(c.read_response().status, 200);
+    assert_eq!(c.read_response().status, 200);
+    let got = b.received();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0].header("x-big"), Some(big.as_str()));
+    assert_eq!(got[0].body, b"body!\n");
+    assert_eq!(got[1].target, "/after");
+}

@@ -401,3 +401,44 @@ fn the_default_pool_follows_demand_instead_of_reconnecting() {
     );
     assert_eq!(b.closed(), 0, "pooled connections were closed under load");
 }
+
+#[test]
+fn heads_trickling_past_a_second_are_still_served_whole() {
+    // A head arriving over more than a second is served from the loop's
+    // slow-head queue (event_loop::SLOW_HEAD), 64 per turn: 150 of them,
+    // finished together, must each reach the backend once, parsed whole.
+    let b = Backend::start("a");
+    let mut cfg = Cfg::new(&[b.addr]);
+    cfg.header_timeout = "5s";
+    let p = cfg.start();
+    let mut slow: Vec<Client> = (0..150).map(|_| p.client()).collect();
+    for (i, c) in slow.iter_mut().enumerate() {
+        c.send(format!("GET /slow/{i} HTTP/1.1\r\n").as_bytes());
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    for c in slow.iter_mut() {
+        c.send(b"Host: a\r\nX-Trickle: 1\r\n");
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    // A well-behaved client meanwhile is not held up by them.
+    assert_eq!(p.client().get("/fast").status, 200);
+    for c in slow.iter_mut() {
+        c.send(b"\r\n");
+    }
+    for c in slow.iter_mut() {
+        let r = c.read_response();
+        assert_eq!(r.status, 200);
+    }
+    let mut paths: Vec<String> = b
+        .received()
+        .iter()
+        .filter(|r| r.target.starts_with("/slow/"))
+        .map(|r| {
+            assert_eq!(r.header("x-trickle"), Some("1"));
+            r.target.clone()
+        })
+        .collect();
+    paths.sort();
+    paths.dedup();
+    assert_eq!(paths.len(), 150);
+}

@@ -121,14 +121,15 @@ fn a_killed_worker_is_replaced_and_the_port_stays_open() {
     p.assert_alive();
 }
 
-/// Status of `GET /api/v1/health` on the admin API with an optional bearer token.
+/// Status of `GET /api/v1/backends` on the admin API with a bearer token
+/// (not /api/v1/health, which answers without one).
 fn admin_status(p: &Proxy, token: &str) -> u16 {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(p.admin_addr()).expect("admin connect");
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     write!(
         s,
-        "GET /api/v1/health HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {token}\r\n\
+        "GET /api/v1/backends HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {token}\r\n\
          Connection: close\r\n\r\n"
     )
     .unwrap();
@@ -160,4 +161,48 @@ fn sighup_changes_the_admin_token_of_the_running_admin_api() {
     });
     assert_eq!(admin_status(&p, "first-secret"), 401);
     p.assert_alive();
+}
+
+#[test]
+fn admin_token_file_is_read_at_start_and_again_on_sighup() {
+    // A mounted Secret: the token file is re-read on SIGHUP (rotation);
+    // one made unreadable is refused with the field named, the old token
+    // kept.
+    let b = Backend::start("a");
+    let dir = std::env::temp_dir().join(format!("speedmimi-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("token");
+    std::fs::write(&file, "from-a-file\n").unwrap();
+    let yaml = Cfg::new(&[b.addr]).yaml().replace(
+        "admin:\n  listen: \"127.0.0.1:0\"\n",
+        &format!(
+            "admin:\n  listen: \"127.0.0.1:0\"\n  token_file: \"{}\"\n",
+            file.display()
+        ),
+    );
+    let mut p = Proxy::start(&yaml);
+    assert_eq!(
+        admin_status(&p, "from-a-file"),
+        200,
+        "the line end is not part of it"
+    );
+    assert_eq!(admin_status(&p, "rotated"), 401);
+    std::fs::write(&file, "rotated").unwrap();
+    p.signal("HUP");
+    wait_until("the rotated token is accepted", || {
+        admin_status(&p, "rotated") == 200
+    });
+    assert_eq!(admin_status(&p, "from-a-file"), 401);
+    std::fs::remove_file(&file).unwrap();
+    p.signal("HUP");
+    wait_until("the reload error names admin.token_file", || {
+        p.log().contains("admin.token_file")
+    });
+    assert_eq!(
+        admin_status(&p, "rotated"),
+        200,
+        "the old token keeps serving"
+    );
+    p.assert_alive();
+    let _ = std::fs::remove_dir_all(&dir);
 }

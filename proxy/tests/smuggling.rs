@@ -548,14 +548,15 @@ fn cl_te_conflicts_and_te_obfuscations() {
             ),
             Pass(&[("POST", "/", b"hello")]),
         ),
-        // Not Transfer-Encoding: a strict backend frames by Content-Length too.
+        // Not Transfer-Encoding to a strict backend, but Transfer-Encoding to
+        // a CGI-style one (`_` read as `-`): refused (framing_names_with_underscores).
         case(
             "te-underscore-name",
             post(
                 "Transfer_Encoding: chunked\r\nContent-Length: 5\r\n",
                 "hello",
             ),
-            Pass(&[("POST", "/", b"hello")]),
+            REJECT_400,
         ),
     ]);
     eprintln!("{n} cases");
@@ -693,6 +694,41 @@ fn framing_named_in_connection() {
 }
 
 #[test]
+fn framing_names_with_underscores() {
+    // CGI-style servers map `_` to `-`: to them these frame the message,
+    // to us they are ordinary fields. Refused, never forwarded.
+    let n = run_all(vec![
+        case(
+            "underscore-transfer-encoding",
+            post(
+                "Transfer_Encoding: chunked\r\nContent-Length: 35\r\n",
+                SMUGGLED,
+            ),
+            REJECT_400,
+        ),
+        case(
+            "underscore-content-length",
+            post("Content_Length: 0\r\nContent-Length: 35\r\n", SMUGGLED),
+            REJECT_400,
+        ),
+        case(
+            "underscore-content-length-alone",
+            post("content_length: 35\r\n", SMUGGLED),
+            REJECT_400,
+        ),
+        case(
+            "underscore-transfer-encoding-mixed-case",
+            post(
+                "TRANSFER_encoding: chunked\r\n",
+                &format!("23\r\n{SMUGGLED}\r\n0\r\n\r\n"),
+            ),
+            REJECT_400,
+        ),
+    ]);
+    eprintln!("{n} cases");
+}
+
+#[test]
 fn head_syntax() {
     let n = run_all(vec![
         case(
@@ -760,6 +796,44 @@ fn head_syntax() {
             "lower-case-method",
             "get / HTTP/1.1\r\nHost: a\r\n\r\n",
             Pass(&[("get", "/", b"")]),
+        ),
+        // Request-target bytes (found by the differential fuzz target): raw
+        // UTF-8 in an absolute-form target was forwarded as `GET /?0<0ё`.
+        case(
+            "target-non-ascii-absolute-form",
+            b"GET http://ub.example:8?0<0\xd1\x91 HTTP/1.1\r\nHost: a\r\n\r\n",
+            REJECT_400,
+        ),
+        case(
+            "target-non-ascii-origin-form",
+            b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n",
+            REJECT_400,
+        ),
+        case(
+            "target-del",
+            "GET /a\x7fb HTTP/1.1\r\nHost: a\r\n\r\n",
+            REJECT_400,
+        ),
+        case(
+            "target-fragment",
+            "GET /a#b HTTP/1.1\r\nHost: a\r\n\r\n",
+            REJECT_400,
+        ),
+        case(
+            "target-bad-percent",
+            "GET /a%2g HTTP/1.1\r\nHost: a\r\n\r\n",
+            REJECT_400,
+        ),
+        case(
+            "target-cut-percent",
+            "GET /a?b=%4 HTTP/1.1\r\nHost: a\r\n\r\n",
+            REJECT_400,
+        ),
+        // What browsers send raw passes as it came.
+        case(
+            "target-browser-raw-chars",
+            "GET /a%2Fb/{x}|^[y]?q=<1>&r=\"2\" HTTP/1.1\r\nHost: a\r\n\r\n",
+            Pass(&[("GET", "/a%2Fb/{x}|^[y]?q=<1>&r=\"2\"", b"")]),
         ),
     ]);
     eprintln!("{n} cases");

@@ -47,21 +47,25 @@ pub fn parse_cap_eff(status: &str) -> Option<u64> {
         .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
 }
 
-/// Whether this process is outside the machine's first network namespace. Compares
-/// with init's namespace when that is readable; otherwise looks for keys the kernel
-/// shows only in the first namespace (tcp_mem, netdev_max_backlog). `None`: cannot tell.
+/// Whether this process is outside the machine's first network namespace. Keys the
+/// kernel shows only in the first namespace (tcp_mem, netdev_max_backlog) missing
+/// means a child; otherwise compares with pid 1's namespace. Inside a container pid 1
+/// is the container's own first process, so the keys are asked first. `None`: cannot tell.
 pub fn in_child_netns() -> Option<bool> {
+    let sys = Path::new("/proc/sys/net");
+    let first_only_keys_missing = sys.join("ipv4").exists()
+        && !sys.join("ipv4/tcp_mem").exists()
+        && !sys.join("core/netdev_max_backlog").exists();
+    if first_only_keys_missing {
+        return Some(true);
+    }
     if let (Ok(me), Ok(init)) = (
         std::fs::read_link("/proc/self/ns/net"),
         std::fs::read_link("/proc/1/ns/net"),
     ) {
         return Some(me != init);
     }
-    let sys = Path::new("/proc/sys/net");
-    if !sys.join("ipv4").exists() {
-        return None;
-    }
-    Some(!sys.join("ipv4/tcp_mem").exists() && !sys.join("core/netdev_max_backlog").exists())
+    sys.join("ipv4").exists().then_some(false)
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -103,6 +103,7 @@ pub fn stats(state: &State) -> Answer {
         "uptime_seconds": s.uptime_seconds,
         "rss_bytes": s.rss_bytes,
         "processes": s.processes,
+        "worker_restarts": s.worker_restarts,
         "requests_per_second": s.requests_per_second,
     });
     if let (Value::Object(b), Value::Object(c)) = (&mut body, counters_json(&s.total)) {

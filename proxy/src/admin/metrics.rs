@@ -242,6 +242,12 @@ impl Collector for Scrape {
         )?;
         family(
             e,
+            "worker_restarts",
+            "Worker processes the master started again after they died",
+            [(none(), counter(s.worker_restarts))],
+        )?;
+        family(
+            e,
             "requests_per_second",
             "Client requests per second over the last few seconds",
             [(none(), ConstGauge::new(s.requests_per_second))],

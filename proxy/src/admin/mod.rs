@@ -15,8 +15,8 @@ mod server;
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::{Acquire, Release};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -46,6 +46,8 @@ pub(crate) struct State {
     changes: Mutex<()>,
     profiling: AtomicBool,
     stopping: AtomicBool,
+    /// Connections accepted and not yet closed (`server::accept_loop`).
+    open: Arc<AtomicUsize>,
 }
 
 impl State {
@@ -78,6 +80,8 @@ impl State {
 /// listener closes and open admin connections are dropped.
 pub struct AdminHandle {
     local_addr: SocketAddr,
+    /// A copy of the listening socket, handed to a new process on upgrade.
+    listener: std::net::TcpListener,
     state: Arc<State>,
     accept: AbortHandle,
     thread: Option<JoinHandle<()>>,
@@ -91,6 +95,17 @@ pub fn spawn(
     listen: SocketAddr,
     token: Option<String>,
     plane: Arc<dyn ControlPlane>,
+) -> io::Result<AdminHandle> {
+    spawn_on(listen, token, plane, None)
+}
+
+/// `spawn`, serving on `inherited` (from the process being upgraded) when
+/// it is on `listen`.
+pub fn spawn_on(
+    listen: SocketAddr,
+    token: Option<String>,
+    plane: Arc<dyn ControlPlane>,
+    inherited: Option<std::net::TcpListener>,
 ) -> io::Result<AdminHandle> {
     if token.as_deref().is_some_and(|t| t.trim().is_empty()) {
         return Err(io::Error::new(
@@ -107,12 +122,21 @@ pub fn spawn(
             ),
         ));
     }
-    let std_listener = std::net::TcpListener::bind(listen).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("admin API cannot listen on {listen}: {e}; change admin.listen"),
-        )
-    })?;
+    let fits = |l: &std::net::TcpListener| {
+        l.local_addr().is_ok_and(|a| {
+            a.ip() == listen.ip() && (listen.port() == 0 || listen.port() == a.port())
+        })
+    };
+    let std_listener = match inherited {
+        Some(l) if fits(&l) => l,
+        _ => std::net::TcpListener::bind(listen).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("admin API cannot listen on {listen}: {e}; change admin.listen"),
+            )
+        })?,
+    };
+    let copy = std_listener.try_clone()?;
     std_listener.set_nonblocking(true)?;
     let local_addr = std_listener.local_addr()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -132,19 +156,33 @@ pub fn spawn(
         changes: Mutex::new(()),
         profiling: AtomicBool::new(false),
         stopping: AtomicBool::new(false),
+        open: Arc::new(AtomicUsize::new(0)),
     });
     let accept = runtime.spawn(server::accept_loop(listener, state.clone()));
     let abort = accept.abort_handle();
+    let open = state.open.clone();
     let thread = std::thread::Builder::new()
         .name("speedmimi-admin".into())
         .spawn(move || {
             // Ends when `AdminHandle` aborts the accept loop.
             let _ = runtime.block_on(accept);
+            // Connections accepted before the stop get their answers: after
+            // an upgrade the new process accepts from the same socket, and
+            // shutting the runtime down drops its tasks unanswered (the
+            // bench-upgrade poller saw "closed without response"). Bounded:
+            // an idle keep-alive connection holds the stop STOP_WAIT at most.
+            runtime.block_on(async {
+                let until = tokio::time::Instant::now() + STOP_WAIT;
+                while open.load(Acquire) > 0 && tokio::time::Instant::now() < until {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            });
             runtime.shutdown_timeout(STOP_WAIT);
         })?;
     tracing::info!("admin API on http://{local_addr}");
     Ok(AdminHandle {
         local_addr,
+        listener: copy,
         state,
         accept: abort,
         thread: Some(thread),
@@ -156,8 +194,14 @@ pub fn spawn(
 pub fn start(
     config: &Config,
     plane: Arc<dyn ControlPlane>,
+    inherited: Option<std::net::TcpListener>,
 ) -> io::Result<Box<dyn crate::lifecycle::AdminApi>> {
-    let handle = spawn(config.admin.listen, config.admin.token.clone(), plane)?;
+    let handle = spawn_on(
+        config.admin.listen,
+        config.admin.token.clone(),
+        plane,
+        inherited,
+    )?;
     Ok(Box::new(handle))
 }
 
@@ -170,6 +214,10 @@ impl crate::lifecycle::AdminApi for AdminHandle {
 
     fn set_token(&self, token: Option<String>) -> io::Result<()> {
         AdminHandle::set_token(self, token)
+    }
+
+    fn listener_fd(&self) -> io::Result<std::os::fd::OwnedFd> {
+        Ok(self.listener.try_clone()?.into())
     }
 }
 

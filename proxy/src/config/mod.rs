@@ -70,6 +70,8 @@ pub struct ServerConfig {
 pub struct AdminConfig {
     pub listen: SocketAddr,
     pub token: Option<String>,
+    /// Where `token` was read from, when it came from `admin.token_file`.
+    pub token_file: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -263,7 +265,13 @@ impl Config {
         };
         let admin = RawAdmin {
             listen: Some(self.admin.listen.to_string()),
-            token: self.admin.token.clone(),
+            // A token read from a file stays in its file.
+            token: self
+                .admin
+                .token
+                .clone()
+                .filter(|_| self.admin.token_file.is_none()),
+            token_file: self.admin.token_file.clone(),
         };
         let upstreams = self
             .upstreams

@@ -58,6 +58,10 @@ pub struct RawAdmin {
     pub listen: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// A file holding the token (a mounted Secret), read at start, on
+    /// SIGHUP and on `PUT /api/v1/config`; instead of `token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

@@ -415,3 +415,39 @@ fn health_checks_are_off_by_default_and_take_defaults_when_on() {
         Some(ExpectStatus::Text("200-299".into()))
     );
 }
+
+#[test]
+fn admin_token_file_is_read_and_named_in_its_errors() {
+    let dir = std::env::temp_dir().join(format!("speedmimi-cfg-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("token");
+    std::fs::write(&file, "s3cret\r\n").unwrap();
+    let with = |admin: &str| edit(5, false, &format!("admin:\n{admin}"));
+    let text = with(&format!(
+        "  listen: \"0.0.0.0:9091\"\n  token_file: \"{}\"",
+        file.display()
+    ));
+    let c = Config::from_yaml_str(&text, "proxy.yaml").unwrap();
+    assert_eq!(c.admin.token.as_deref(), Some("s3cret"));
+    // Shown as the file, never as the token it holds.
+    let raw = c.to_raw();
+    let admin = raw.admin.as_ref().unwrap();
+    assert_eq!(admin.token, None);
+    assert_eq!(admin.token_file.as_deref(), Some(file.to_str().unwrap()));
+
+    let both = with(&format!("  token: x\n  token_file: \"{}\"", file.display()));
+    let e = Config::from_yaml_str(&both, "proxy.yaml").unwrap_err();
+    assert_eq!(e.field, "admin.token_file");
+    assert!(e.message.contains("not both"), "{e}");
+
+    let missing = with("  token_file: /nonexistent/speedmimi-token");
+    let e = Config::from_yaml_str(&missing, "proxy.yaml").unwrap_err();
+    assert_eq!(e.field, "admin.token_file");
+    assert!(e.message.contains("/nonexistent/speedmimi-token"), "{e}");
+
+    std::fs::write(&file, "\n").unwrap();
+    let e = Config::from_yaml_str(&text, "proxy.yaml").unwrap_err();
+    assert_eq!(e.field, "admin.token_file");
+    assert!(e.message.contains("empty"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

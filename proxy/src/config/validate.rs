@@ -233,6 +233,25 @@ impl Validator<'_> {
         })
     }
 
+    /// The token in `admin.token_file`: its text without the line end (a
+    /// Kubernetes Secret or `echo` leaves one), never empty.
+    fn token_from_file(&self, path: &str) -> Result<String, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            self.err(
+                "admin.token_file",
+                format!("cannot read the token file {path}: {e}"),
+            )
+        })?;
+        let token = text.trim_end_matches(['\r', '\n']);
+        if token.trim().is_empty() {
+            return Err(self.err(
+                "admin.token_file",
+                format!("the token file {path} is empty; write a secret string into it"),
+            ));
+        }
+        Ok(token.to_string())
+    }
+
     fn admin(&self, raw: &RawConfig, proxy: SocketAddr) -> Result<AdminConfig, ConfigError> {
         let default = RawAdmin::default();
         let a = raw.admin.as_ref().unwrap_or(&default);
@@ -262,7 +281,17 @@ impl Validator<'_> {
                 ));
             }
         }
-        if !listen.ip().is_loopback() && a.token.is_none() {
+        let token = match (&a.token, &a.token_file) {
+            (Some(_), Some(_)) => {
+                return Err(self.err(
+                    "admin.token_file",
+                    "set admin.token or admin.token_file, not both",
+                ))
+            }
+            (_, Some(path)) => Some(self.token_from_file(path)?),
+            (token, None) => token.clone(),
+        };
+        if !listen.ip().is_loopback() && token.is_none() {
             return Err(self.err(
                 "admin.listen",
                 format!(
@@ -273,7 +302,8 @@ impl Validator<'_> {
         }
         Ok(AdminConfig {
             listen,
-            token: a.token.clone(),
+            token,
+            token_file: a.token_file.clone(),
         })
     }
 

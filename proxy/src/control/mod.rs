@@ -73,6 +73,9 @@ pub struct ServerSnapshot {
     /// Resident memory of the proxy (all its processes), bytes.
     pub rss_bytes: u64,
     pub processes: usize,
+    /// Worker processes the master started again after they died (0
+    /// without worker processes).
+    pub worker_restarts: u64,
     pub total: Counters,
     pub workers: Vec<WorkerSnapshot>,
 }

@@ -122,6 +122,7 @@ pub fn server(
         requests_per_second: meter.rate(now, total.requests),
         rss_bytes: rss,
         processes: processes.max(1),
+        worker_restarts: 0,
         total,
         workers,
     }

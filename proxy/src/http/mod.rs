@@ -43,6 +43,10 @@ pub(crate) enum Name {
     XForwardedProto,
     /// The other hop-by-hop headers (RFC 9110 §7.6.1): never forwarded.
     HopByHop,
+    /// `Content_Length`, `Transfer_Encoding`: not framing to us, but CGI-style
+    /// servers (and frameworks on them) map `_` to `-` and would frame by
+    /// them. A request carrying one is refused, as nginx drops them.
+    FramingLookalike,
     Other,
 }
 
@@ -60,8 +64,19 @@ fn eq_lower(bytes: &[u8], lower: &[u8]) -> bool {
             == 0
 }
 
+/// `bytes` is `lower` with some `-` written `_` (and any case).
+fn underscored(bytes: &[u8], lower: &[u8]) -> bool {
+    bytes.len() == lower.len()
+        && bytes.contains(&b'_')
+        && bytes.iter().zip(lower).all(|(&b, &l)| match b {
+            b'_' => l == b'-',
+            _ => b | 0x20 == l,
+        })
+}
+
 pub(crate) fn classify(name: &str) -> Name {
     let is = |lower: &str| eq_lower(name.as_bytes(), lower.as_bytes());
+    let like = |lower: &str| underscored(name.as_bytes(), lower.as_bytes());
     match name.len() {
         2 if is("te") => Name::HopByHop,
         4 if is("host") => Name::Host,
@@ -71,9 +86,11 @@ pub(crate) fn classify(name: &str) -> Name {
         10 if is("connection") => Name::Connection,
         10 if is("keep-alive") => Name::HopByHop,
         14 if is("content-length") => Name::ContentLength,
+        14 if like("content-length") => Name::FramingLookalike,
         15 if is("x-forwarded-for") => Name::XForwardedFor,
         16 if is("proxy-connection") => Name::HopByHop,
         17 if is("transfer-encoding") => Name::TransferEncoding,
+        17 if like("transfer-encoding") => Name::FramingLookalike,
         17 if is("x-forwarded-proto") => Name::XForwardedProto,
         18 if is("proxy-authenticate") => Name::HopByHop,
         _ => Name::Other,

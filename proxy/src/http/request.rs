@@ -221,6 +221,9 @@ pub fn parse_request_into(
     if method_str == "CONNECT" {
         return Err(Reject::NotImplemented);
     }
+    if !valid_target_bytes(target.as_bytes()) {
+        return Err(Reject::BadRequest);
+    }
     let method = Method::from_bytes(method_str);
     let (origin, authority) = target_form(buf, target.as_bytes(), method_str)?;
 
@@ -272,6 +275,7 @@ pub fn parse_request_into(
                 expect_continue = true;
             }
             Name::Upgrade => upgrade_value = Some(Span::of(buf, h.value)),
+            Name::FramingLookalike => return Err(Reject::BadRequest),
             _ => {}
         }
     }
@@ -362,6 +366,45 @@ fn target_form(buf: &[u8], target: &[u8], method: &str) -> Result<(Span, Option<
         return Err(Reject::BadRequest);
     }
     Ok((Span::of(buf, &rest[end..]), Some(Span::of(buf, authority))))
+}
+
+/// Bytes a request-target may hold as sent: visible ASCII (RFC 9112 §3.2,
+/// RFC 3986 §2) without '#' (a fragment is never sent). httparse lets
+/// bytes >= 0x80 through; a strict next hop refuses them, a lenient one
+/// may decode them otherwise than we route. The characters RFC 3986 wants
+/// percent-encoded but browsers send raw in paths and queries (`{}|^[]`
+/// and the like) stay accepted, as nginx and HAProxy accept them.
+const TARGET_BYTE: [u8; 256] = {
+    let mut table = [BAD; 256];
+    let mut b = 0x21;
+    while b < 0x7f {
+        table[b] = OK;
+        b += 1;
+    }
+    table[b'#' as usize] = BAD;
+    table[b'%' as usize] = PERCENT;
+    table
+};
+const BAD: u8 = 0;
+const OK: u8 = 1;
+const PERCENT: u8 = 2;
+
+/// The target's bytes, and every '%' followed by two hex digits: "%zz" or
+/// a cut-off "%4" is decoded differently by different backends. One pass:
+/// this runs on every request.
+fn valid_target_bytes(target: &[u8]) -> bool {
+    let mut i = 0;
+    while i < target.len() {
+        match TARGET_BYTE[target[i] as usize] {
+            OK => i += 1,
+            PERCENT => match target.get(i + 1..i + 3) {
+                Some([h, l]) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => i += 3,
+                _ => return false,
+            },
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// `uri-host [ ":" port ]` (RFC 9110 §7.2), strictly: a reg-name of
@@ -661,6 +704,14 @@ mod tests {
             ("GET / HTTP/1.1\r\nHost : a\r\n\r\n", Some(BadRequest)),
             ("CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n", Some(NotImplemented)),
             ("GET / HTTP/2.0\r\nHost: a\r\n\r\n", Some(BadRequest)),
+            // Request-target bytes: visible ASCII without '#', '%' + 2 hex.
+            ("GET /a%20b?q={x}|^[y] HTTP/1.1\r\nHost: a\r\n\r\n", None),
+            ("GET /\u{451} HTTP/1.1\r\nHost: a\r\n\r\n", Some(BadRequest)),
+            ("GET http://ub.example:8?0<0\u{451} HTTP/1.1\r\nHost: a\r\n\r\n", Some(BadRequest)),
+            ("GET /a#frag HTTP/1.1\r\nHost: a\r\n\r\n", Some(BadRequest)),
+            ("GET /a%zz HTTP/1.1\r\nHost: a\r\n\r\n", Some(BadRequest)),
+            ("GET /a%4 HTTP/1.1\r\nHost: a\r\n\r\n", Some(BadRequest)),
+            ("GET /a\x7f HTTP/1.1\r\nHost: a\r\n\r\n", Some(BadRequest)),
         ];
         for (req, want) in cases {
             let got = parse(req).map(|h| h.is_some());

@@ -49,6 +49,8 @@ pub(super) struct ClientConn {
     pub peer: IpAddr,
     /// Counted in open connections (false for those refused past max_conn).
     pub counted: bool,
+    /// In the loop's queue of slow heads (`event_loop::SLOW_HEAD`).
+    pub deferred: bool,
     pub ex: Option<Box<Exchange>>,
 }
 

@@ -15,7 +15,7 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use super::accept::AcceptPause;
-use super::conn::{ClientConn, Entry, Exchange, UpstreamConn, HUP, READABLE, WRITABLE};
+use super::conn::{ClientConn, Entry, Exchange, Phase, UpstreamConn, HUP, READABLE, WRITABLE};
 use super::reconfig::LoopCommand;
 use super::routing::Routing;
 use crate::buffer::BufPool;
@@ -40,14 +40,30 @@ pub(super) const LINGER: Duration = Duration::from_secs(2);
 const ADAPT_POLL: Duration = Duration::from_millis(50);
 /// How often a draining loop checks whether its last connection is gone.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
+/// Deadlines a loop acts on between two polls. A tick (10 ms) can bring
+/// hundreds at once (10,000 slowloris connections opened together expire
+/// together); acting on them all before the next poll stalled every
+/// well-behaved request behind them. The rest wait one poll(0) each.
+const EXPIRE_BATCH: usize = 16;
+/// A connection whose request head has been arriving for longer than this
+/// is trickling (a slowloris client, or a very slow link): its readiness is
+/// queued and served `SLOW_HEAD_BATCH` per turn, after every other event of
+/// that turn. 10,000 slow clients each sending a byte come ready in bursts;
+/// served in the order epoll returns them, a well-behaved request waited
+/// behind hundreds of them. A well-behaved head arrives in one packet.
+const SLOW_HEAD: Duration = Duration::from_secs(1);
+const SLOW_HEAD_BATCH: usize = 64;
 
 pub struct EventLoop {
     pub(super) poll: Poll,
-    pub(super) listener: TcpListener,
+    /// None once draining (closed).
+    pub(super) listener: Option<TcpListener>,
     pub(super) listener_ready: bool,
     /// Accepting paused after accept(2) ran out of descriptors (`accept.rs`).
     pub(super) accept_pause: AcceptPause,
     pub(super) slab: Slab<Entry>,
+    /// Slow heads come ready, (key, gen), served after the rest (`SLOW_HEAD`).
+    slow_heads: VecDeque<(u32, u32)>,
     pub(super) wheel: TimerWheel,
     pub(super) bufs: BufPool,
     /// Boxed on purpose: a client holds `Option<Box<Exchange>>` (8 bytes
@@ -125,10 +141,11 @@ impl EventLoop {
             now_ms: wheel.millis(now),
             wheel,
             poll,
-            listener,
+            listener: Some(listener),
             listener_ready: false,
             accept_pause: AcceptPause::default(),
             slab: Slab::with_capacity(1024),
+            slow_heads: VecDeque::new(),
             // Room for the largest head plus the headers the proxy adds.
             bufs: BufPool::new((max_head + 2048).max(16 * 1024), POOLED_BUFFERS),
             exchanges: Vec::new(),
@@ -158,11 +175,12 @@ impl EventLoop {
         let mut events = Events::with_capacity(1024);
         let mut expired = Vec::new();
         loop {
-            let mut timeout = if self.listener_ready {
-                Some(Duration::ZERO)
-            } else {
-                self.wheel.next_timeout(self.now_ms)
-            };
+            let mut timeout =
+                if self.listener_ready || !expired.is_empty() || !self.slow_heads.is_empty() {
+                    Some(Duration::ZERO)
+                } else {
+                    self.wheel.next_timeout(self.now_ms)
+                };
             if self.adapting {
                 timeout = Some(timeout.map_or(ADAPT_POLL, |t| t.min(ADAPT_POLL)));
             }
@@ -207,6 +225,7 @@ impl EventLoop {
                 }
                 self.on_ready(token.0, ready);
             }
+            self.serve_slow_heads();
             self.run_handoffs();
             if self.accept_pause.retry_due(self.now) {
                 self.resume_accepting();
@@ -214,10 +233,7 @@ impl EventLoop {
             if self.listener_ready {
                 self.accept_batch();
             }
-            self.wheel.expire(self.now_ms, &mut expired);
-            for (key, gen) in expired.drain(..) {
-                self.on_timer(key as usize, gen);
-            }
+            self.expire_some(&mut expired);
             self.adapting = self.adapt_waiting_limits();
             self.run_handoffs();
             self.maybe_trim();
@@ -240,6 +256,18 @@ impl EventLoop {
         match self.slab.get_mut(key) {
             Some(Entry::Client(c)) => {
                 c.ready |= ready;
+                if c.phase == Phase::Head {
+                    // Its deadline is header_timeout after the head's first byte.
+                    let header_timeout = self.routing.config.server.header_timeout;
+                    let slow_after = header_timeout.saturating_sub(SLOW_HEAD).as_millis() as u64;
+                    if c.deadline < self.now_ms.saturating_add(slow_after) {
+                        if !c.deferred {
+                            c.deferred = true;
+                            self.slow_heads.push_back((key as u32, c.gen));
+                        }
+                        return;
+                    }
+                }
                 self.drive(key);
             }
             Some(Entry::Upstream(u)) => {
@@ -259,15 +287,49 @@ impl EventLoop {
         }
     }
 
-    fn on_timer(&mut self, key: usize, gen: u32) {
+    /// Drives at most `SLOW_HEAD_BATCH` of the queued slow heads, oldest
+    /// first; one closed or reused since it was queued is skipped.
+    fn serve_slow_heads(&mut self) {
+        for _ in 0..SLOW_HEAD_BATCH {
+            let Some((key, gen)) = self.slow_heads.pop_front() else {
+                break;
+            };
+            if let Some(Entry::Client(c)) = self.slab.get_mut(key as usize) {
+                if c.gen == gen && c.deferred {
+                    c.deferred = false;
+                    self.drive(key as usize);
+                }
+            }
+        }
+    }
+
+    /// Acts on due deadlines, at most `EXPIRE_BATCH` that do work; what is
+    /// left stays in `expired` for the next turn (the wheel is read again
+    /// once it is empty, so the oldest are never passed over).
+    fn expire_some(&mut self, expired: &mut Vec<(u32, u32)>) {
+        if expired.is_empty() {
+            self.wheel.expire(self.now_ms, expired);
+        }
+        let mut fired = 0;
+        while fired < EXPIRE_BATCH {
+            let Some((key, gen)) = expired.pop() else {
+                break;
+            };
+            fired += usize::from(self.on_timer(key as usize, gen));
+        }
+    }
+
+    /// One wheel entry came due. True when a deadline really passed (the
+    /// connection was answered or closed), false for a stale entry.
+    fn on_timer(&mut self, key: usize, gen: u32) -> bool {
         let now_ms = self.now_ms;
         let (deadline, tick, live_gen) = match self.slab.get(key) {
             Some(Entry::Client(c)) => (c.deadline, c.timer_tick, c.gen),
             Some(Entry::Upstream(u)) => (u.deadline, u.timer_tick, u.gen),
-            None => return,
+            None => return false,
         };
         if live_gen != gen {
-            return;
+            return false;
         }
         if deadline > now_ms {
             // Moved later since this entry was filed: re-arm once.
@@ -276,7 +338,7 @@ impl EventLoop {
                 let t = self.wheel.schedule(key as u32, gen, deadline);
                 self.set_tick(key, t);
             }
-            return;
+            return false;
         }
         // This entry is spent: the next deadline files a fresh one.
         self.set_tick(key, 0);
@@ -284,8 +346,9 @@ impl EventLoop {
             Some(Entry::Client(_)) => self.client_timeout(key),
             // Idle in the pool for keepalive_timeout.
             Some(Entry::Upstream(u)) if u.client.is_none() => self.drop_pooled(key),
-            _ => {}
+            _ => return false,
         }
+        true
     }
 
     fn set_tick(&mut self, key: usize, tick: Tick) {
@@ -370,7 +433,9 @@ impl EventLoop {
             self.recycle_exchange(ex);
         }
         if let Some(Entry::Client(mut c)) = self.slab.try_remove(key) {
-            let _ = self.poll.registry().deregister(&mut c.stream);
+            // No EPOLL_CTL_DEL: closing the socket (never shared) leaves
+            // epoll by itself, one syscall per connection fewer.
+            drop(c.stream);
             if let Some(ex) = c.ex.take() {
                 self.recycle_exchange(ex);
             }

@@ -154,7 +154,11 @@ impl EventLoop {
                 }
                 None => self.bufs.get_for(need),
             };
-            let parsed = parse_and_rewrite(buf.data(), ex.client, &mut out);
+            let mut client = ex.client;
+            // Draining: tell the client this connection ends, so it does not
+            // send its next request into the close.
+            client.keep_alive &= self.drain_deadline.is_none();
+            let parsed = parse_and_rewrite(buf.data(), client, &mut out);
             ex.resp_head = Some(out);
             match parsed {
                 Ok(None) => {

@@ -11,7 +11,7 @@ mod routing;
 mod sockio;
 // The loop's own work: new connections, control-plane commands.
 mod accept;
-mod listener;
+pub(crate) mod listener;
 mod reconfig;
 // A client connection, phase by phase (see LIFECYCLE.md).
 mod attach;
@@ -72,14 +72,22 @@ impl Server {
         board: &'static Board,
         process: usize,
     ) -> io::Result<Arc<Server>> {
+        Server::start_on(raw, config, board, process, Vec::new())
+    }
+
+    /// Like `start`, on the `inherited` sockets first (`listener::listeners_for`).
+    pub fn start_on(
+        raw: RawConfig,
+        config: Config,
+        board: &'static Board,
+        process: usize,
+        inherited: Vec<std::net::TcpListener>,
+    ) -> io::Result<Arc<Server>> {
         let workers = config.server.workers.clamp(1, MAX_LOOPS);
         let config = Arc::new(config);
-        let first = listener::bind_reuseport(config.server.listen)?;
-        let local_addr = first.local_addr()?;
-        let mut listeners = vec![first];
-        for _ in 1..workers {
-            listeners.push(listener::bind_reuseport(local_addr)?);
-        }
+        let listeners = listener::listeners_for(config.server.listen, workers, inherited)?;
+        let local_addr = listeners[0].local_addr()?;
+        let listeners = listeners.into_iter().map(mio::net::TcpListener::from_std);
         let open_connections = Arc::new(AtomicUsize::new(0));
         let access_log = match &config.server.access_log {
             Some(target) => Some(AccessLog::start(target).map_err(|e| {
@@ -89,7 +97,7 @@ impl Server {
         };
         let mut loops = Vec::new();
         let mut threads = Vec::new();
-        for (i, listener) in listeners.into_iter().enumerate() {
+        for (i, listener) in listeners.enumerate() {
             let (tx, rx) = mpsc::channel();
             let mut event_loop = EventLoop::new(
                 config.clone(),
@@ -207,6 +215,33 @@ impl Server {
                 let _ = handle.waker.wake();
             }
         }
+    }
+
+    /// A copy of every loop's listening socket, for a new process to serve
+    /// on (`upgrade.rs`).
+    pub fn listener_fds(&self) -> io::Result<Vec<std::os::fd::OwnedFd>> {
+        let (tx, rx) = mpsc::channel();
+        for handle in &self.loops {
+            if handle
+                .commands
+                .send(LoopCommand::ListenerFd { reply: tx.clone() })
+                .is_ok()
+            {
+                let _ = handle.waker.wake();
+            }
+        }
+        let deadline = Instant::now() + APPLY_WAIT;
+        let mut fds = Vec::with_capacity(self.loops.len());
+        for _ in &self.loops {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(Ok(Some(fd))) => fds.push(fd),
+                Ok(Ok(None)) => {} // draining: its socket is closed
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(io::Error::other("an event loop did not answer within 5 s")),
+            }
+        }
+        Ok(fds)
     }
 
     /// Blocks until every loop has stopped.

@@ -3,7 +3,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::Interest;
 
@@ -14,7 +14,12 @@ use super::listener;
 use super::routing::Routing;
 use crate::config::Config;
 use crate::http::request::Limits;
+use crate::timer::Millis;
 use crate::upstream::pool::KeepAlivePool;
+
+/// How long a draining loop keeps idle client connections open for a
+/// request already on its way.
+const DRAIN_IDLE: Duration = Duration::from_secs(1);
 
 /// What the control plane sends an event loop.
 pub enum LoopCommand {
@@ -25,6 +30,10 @@ pub enum LoopCommand {
     },
     /// Stop accepting; finish in-flight requests until `deadline`, then stop.
     Drain { deadline: Instant },
+    /// A copy of the listening socket (none once draining), for an upgrade.
+    ListenerFd {
+        reply: std::sync::mpsc::Sender<io::Result<Option<std::os::fd::OwnedFd>>>,
+    },
 }
 
 impl EventLoop {
@@ -35,6 +44,14 @@ impl EventLoop {
                     let _ = done.send(self.apply(config));
                 }
                 LoopCommand::Drain { deadline } => self.start_drain(deadline),
+                LoopCommand::ListenerFd { reply } => {
+                    use std::os::fd::AsFd;
+                    let fd = self
+                        .listener
+                        .as_ref()
+                        .map(|l| l.as_fd().try_clone_to_owned());
+                    let _ = reply.send(fd.transpose());
+                }
             }
         }
     }
@@ -44,13 +61,15 @@ impl EventLoop {
     /// the new configuration removed), pooled connections to kept backends
     /// stay pooled, a new listen address is open before the old one closes.
     fn apply(&mut self, config: Arc<Config>) -> io::Result<()> {
-        if config.server.listen != self.routing.config.server.listen {
+        let moved = config.server.listen != self.routing.config.server.listen;
+        if moved && !self.draining() {
             let mut fresh = listener::bind_reuseport(config.server.listen)?;
             self.poll
                 .registry()
                 .register(&mut fresh, LISTENER, Interest::READABLE)?;
-            let mut old = std::mem::replace(&mut self.listener, fresh);
-            let _ = self.poll.registry().deregister(&mut old);
+            if let Some(mut old) = self.listener.replace(fresh) {
+                let _ = self.poll.registry().deregister(&mut old);
+            }
             self.listener_ready = true;
             self.accept_pause.clear(); // the fresh listener is registered
         }
@@ -121,8 +140,14 @@ impl EventLoop {
     fn start_drain(&mut self, deadline: Instant) {
         self.drain_deadline = Some(deadline);
         self.listener_ready = false;
-        if !self.accept_pause.clear() {
-            let _ = self.poll.registry().deregister(&mut self.listener);
+        // Closed, not only unwatched: SO_REUSEPORT would go on giving a
+        // socket nobody accepts on new connections, to be reset at exit.
+        // After an upgrade the new process holds its own copy: the socket
+        // and its waiting connections live on there.
+        if let Some(mut listener) = self.listener.take() {
+            if !self.accept_pause.clear() {
+                let _ = self.poll.registry().deregister(&mut listener);
+            }
         }
         let idle: Vec<usize> = self
             .slab
@@ -136,8 +161,17 @@ impl EventLoop {
                 _ => None,
             })
             .collect();
+        // Not closed at once: a request may be on its way on any of them
+        // (a keep-alive client between two requests, a connection accepted
+        // just before). One sent within DRAIN_IDLE is answered, with
+        // `Connection: close`; the rest close then.
+        let grace = self.now_ms.saturating_add(DRAIN_IDLE.as_millis() as Millis);
         for key in idle {
-            self.close_client(key, None);
+            let deadline = match self.slab.get(key) {
+                Some(Entry::Client(c)) => c.deadline.min(grace),
+                _ => continue,
+            };
+            self.set_deadline_at(key, deadline);
         }
     }
 

@@ -24,12 +24,17 @@ impl EventLoop {
         if c.ready & READABLE == 0 || ex.client_eof {
             return Step::Blocked;
         }
-        let buf = ex.inbuf.get_or_insert_with(|| self.bufs.get());
+        // A small buffer first: most heads fit in a page, so a client that
+        // trickles one holds a page, not a large buffer.
+        let buf = ex.inbuf.get_or_insert_with(|| self.bufs.get_small());
         if c.phase == Phase::Closing {
             buf.clear(); // draining after an error answer
         }
         if !buf.has_spare() {
-            return Step::Blocked; // backpressure: the buffer drains first
+            if !self.bufs.is_small(buf) {
+                return Step::Blocked; // backpressure: the buffer drains first
+            }
+            self.bufs.grow(buf); // a long head, or a body arriving
         }
         let spare = buf.spare();
         let want = spare.len();
@@ -46,6 +51,8 @@ impl EventLoop {
                 buf.filled(n);
                 if n < want && c.ready & HUP == 0 {
                     c.ready &= !READABLE;
+                } else {
+                    self.bufs.grow(buf); // more is waiting: read it in large pieces
                 }
                 if ex.active {
                     ex.rate.moved(n);

@@ -137,6 +137,22 @@ impl Proxy {
         })
     }
 
+    /// The next stdout line starting with `prefix` (after those already
+    /// read), waited for at most `timeout`.
+    pub fn wait_line(&self, prefix: &str, timeout: Duration) -> Option<String> {
+        let lines = self.lines.lock().unwrap();
+        let until = Instant::now() + timeout;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) if line.is_empty() => return None, // stdout closed
+                Ok(line) if line.starts_with(prefix) => return Some(line.trim_end().to_string()),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
     /// A client of the proxy's admin API.
     /// An unlabelled sample of the proxy's `/metrics`.
     pub fn metric(&self, name: &str) -> f64 {

@@ -197,8 +197,8 @@ impl EventLoop {
     }
 
     pub(super) fn close_upstream(&mut self, key: usize) {
-        if let Some(Entry::Upstream(mut u)) = self.slab.try_remove(key) {
-            let _ = self.poll.registry().deregister(&mut u.stream);
+        if let Some(Entry::Upstream(u)) = self.slab.try_remove(key) {
+            drop(u.stream); // leaves epoll by itself, as a client's does
             let (up, b) = (u.upstream as usize, u.backend as usize);
             self.slots.closed(up, b);
             self.hand_out_slots(up);
