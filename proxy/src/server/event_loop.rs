@@ -33,6 +33,13 @@ const WAKER: Token = Token(usize::MAX - 2);
 /// as many as the recent peak needed.
 const POOLED_BUFFERS: usize = 64;
 const POOLED_EXCHANGES: usize = 256;
+/// malloc_trim after this much freed, at the next once-a-second check...
+const BIG_RELEASE: usize = 8 << 20;
+/// ...or after this much, at most every SMALL_TRIM_EVERY.
+const SMALL_RELEASE: usize = 64 << 10;
+const SMALL_TRIM_EVERY: Duration = Duration::from_secs(10);
+/// Pooled exchanges kept however quiet the loop is, allocated at start.
+const EXCHANGE_FLOOR: usize = 64;
 /// After an error answer, how long the connection may linger to drain input.
 pub(super) const LINGER: Duration = Duration::from_secs(2);
 /// How often a loop with requests waiting on an adaptive `max_conns`
@@ -70,6 +77,8 @@ pub struct EventLoop {
     /// while idle), and recycling the boxes avoids an allocation per request.
     #[allow(clippy::vec_box)]
     exchanges: Vec<Box<Exchange>>,
+    /// Fewest pooled exchanges since the last trim: that many went unused.
+    exchanges_low: usize,
     pub(super) pool: KeepAlivePool,
     pub(super) routing: Routing,
     pub(super) stats: &'static LoopStats,
@@ -90,6 +99,7 @@ pub struct EventLoop {
     pub(super) now_ms: Millis,
     next_gen: u32,
     last_trim: Instant,
+    last_malloc_trim: Instant,
     /// Connections open per backend and the `max_conns` wait queues.
     pub(super) slots: Slots,
     /// Waiters handed a connection slot, driven after the current event.
@@ -148,7 +158,10 @@ impl EventLoop {
             slow_heads: VecDeque::new(),
             // Room for the largest head plus the headers the proxy adds.
             bufs: BufPool::new((max_head + 2048).max(16 * 1024), POOLED_BUFFERS),
-            exchanges: Vec::new(),
+            exchanges: (0..EXCHANGE_FLOOR)
+                .map(|_| Box::new(Exchange::new(now)))
+                .collect(),
+            exchanges_low: EXCHANGE_FLOOR,
             pool: KeepAlivePool::new(&sizes),
             routing,
             stats,
@@ -164,6 +177,7 @@ impl EventLoop {
             now,
             next_gen: 1,
             last_trim: now,
+            last_malloc_trim: now,
             slots: Slots::new(&sizes),
             handoffs: VecDeque::new(),
             handoff: None,
@@ -406,6 +420,7 @@ impl EventLoop {
     pub(super) fn new_exchange(&mut self) -> Box<Exchange> {
         match self.exchanges.pop() {
             Some(mut ex) => {
+                self.exchanges_low = self.exchanges_low.min(self.exchanges.len());
                 ex.reset(self.now);
                 ex
             }
@@ -452,10 +467,25 @@ impl EventLoop {
         }
         self.last_trim = self.now;
         self.bufs.decay();
-        if self.bufs.released_bytes < 8 << 20 {
+        // Pooled exchanges that no request took in the last second are what
+        // a burst left behind; kept, RSS would hold every burst's peak.
+        let surplus = self
+            .exchanges_low
+            .min(self.exchanges.len().saturating_sub(EXCHANGE_FLOOR));
+        self.exchanges.truncate(self.exchanges.len() - surplus);
+        self.exchanges_low = self.exchanges.len();
+        self.bufs.released_bytes += surplus * std::mem::size_of::<Exchange>();
+        // malloc_trim hands freed pages back (RSS follows the load down). A
+        // large release is trimmed at once; a small one at most every
+        // SMALL_TRIM_EVERY, since a trim walks the heap's free chunks and a
+        // heap holding many connections has many.
+        let released = self.bufs.released_bytes;
+        let small_due = self.now - self.last_malloc_trim >= SMALL_TRIM_EVERY;
+        if released < BIG_RELEASE && !(released >= SMALL_RELEASE && small_due) {
             return;
         }
         self.bufs.released_bytes = 0;
+        self.last_malloc_trim = self.now;
         #[cfg(target_env = "gnu")]
         // SAFETY: malloc_trim only walks glibc's own heap; no Rust invariant involved.
         unsafe {
