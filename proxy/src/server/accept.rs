@@ -174,6 +174,8 @@ impl EventLoop {
     }
 
     fn on_accept(&mut self, mut stream: mio::net::TcpStream, peer: std::net::SocketAddr) {
+        // On Linux the listener's TCP_NODELAY is inherited (`listener.rs`).
+        #[cfg(not(target_os = "linux"))]
         let _ = stream.set_nodelay(true);
         LoopStats::add(&self.stats.connections_total, 1);
         let refused = self.open_connections.load(Relaxed) >= self.routing.config.server.max_conn;

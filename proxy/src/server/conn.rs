@@ -114,6 +114,11 @@ pub(super) struct Exchange {
     pub started: Instant,
     /// Closing: the write side was shut down after the answer.
     pub shut: bool,
+    /// Closing: after the answer, wait (LINGER) for the client's EOF while
+    /// discarding its input, so input still in flight cannot reset the
+    /// connection before the answer is read. Off for a head that timed out
+    /// with nothing unread: that client had gone quiet (`pump_closing`).
+    pub linger: bool,
     /// Status of the final response (for the access log).
     pub status: u16,
     /// "METHOD target" of the request, kept only when the access log is on.
@@ -166,6 +171,7 @@ impl Exchange {
             attempts: 0,
             started: now,
             shut: false,
+            linger: true,
             status: 0,
             req_line: Vec::new(),
             counters: None,

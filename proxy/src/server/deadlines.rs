@@ -131,6 +131,7 @@ impl EventLoop {
             }
             Phase::Head => {
                 if ex.inbuf.as_ref().is_some_and(|b| !b.is_empty()) {
+                    ex.linger = false;
                     self.reject(ck, &mut ex, Reject::RequestTimeout)
                 } else {
                     Step::Close

@@ -14,12 +14,15 @@ pub fn bind_reuseport(addr: SocketAddr) -> io::Result<mio::net::TcpListener> {
     Ok(mio::net::TcpListener::from_std(bind_std(addr)?))
 }
 
-/// A SO_REUSEPORT listener on `addr`, non-blocking.
+/// A SO_REUSEPORT listener on `addr`, non-blocking, with TCP_NODELAY:
+/// Linux copies it to every accepted socket, one setsockopt per new
+/// connection fewer (`accept.rs` sets it itself elsewhere).
 pub fn bind_std(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
+    socket.set_tcp_nodelay(true)?;
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
     Ok(socket.into())
@@ -54,6 +57,8 @@ pub fn listeners_for(
             continue;
         }
         l.set_nonblocking(true)?;
+        // An older binary may not have set it on the socket it hands over.
+        socket2::SockRef::from(&l).set_tcp_nodelay(true)?;
         addr = theirs;
         out.push(l);
     }
@@ -63,4 +68,29 @@ pub fn listeners_for(
         out.push(l);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accepted_nodelay(l: &std::net::TcpListener) -> bool {
+        let _client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        l.set_nonblocking(false).unwrap();
+        let (conn, _) = l.accept().unwrap();
+        conn.nodelay().unwrap()
+    }
+
+    /// `accept.rs` relies on it on Linux: no setsockopt per connection.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn accepted_sockets_inherit_nodelay_from_the_listener() {
+        let l = bind_std("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert!(accepted_nodelay(&l));
+        // A socket handed over without it gets it too.
+        let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = plain.local_addr().unwrap();
+        let given = listeners_for(addr, 1, vec![plain]).unwrap();
+        assert!(accepted_nodelay(&given[0]));
+    }
 }
