@@ -51,6 +51,10 @@ pub struct RunSpec {
     pub thresholds: Vec<String>,
     pub watch_pids: Vec<u32>,
     pub quiet: bool,
+    /// https:// targets: SNI, trust, version, resumption.
+    pub tls: crate::tls::TlsOptions,
+    /// A new connection (and, over TLS, a new handshake) for every request.
+    pub new_conn_per_request: bool,
     /// Set in shard processes: (index, count).
     pub shard: Option<(u64, u64)>,
     pub shard_start_unix_ns: Option<u128>,
@@ -145,8 +149,31 @@ fn prepare(spec: &RunSpec) -> Result<Prepared, AppError> {
         None => Vec::new(),
     };
     let method = spec.method.to_ascii_uppercase();
-    let request =
-        crate::target::build_request(&target, &method, &spec.headers, &body).map_err(usage)?;
+    let mut headers = spec.headers.clone();
+    let names_connection = headers.iter().any(|h| {
+        h.split_once(':')
+            .is_some_and(|(n, _)| n.trim().eq_ignore_ascii_case("connection"))
+    });
+    if spec.new_conn_per_request && !names_connection {
+        // The server closes first, so TIME_WAIT stays on its side rather
+        // than using up this host's ports at thousands of connections a second.
+        headers.push("Connection: close".to_string());
+    }
+    let request = crate::target::build_request(&target, &method, &headers, &body).map_err(usage)?;
+    let tls_asked = spec.tls.sni.is_some()
+        || spec.tls.cacert.is_some()
+        || spec.tls.insecure
+        || spec.tls.version.is_some()
+        || spec.tls.resume;
+    if tls_asked && !target.tls {
+        return Err(usage(
+            "--sni, --cacert, --insecure, --tls-version and --tls-resume need an https:// URL",
+        ));
+    }
+    let tls = match target.tls {
+        true => Some(crate::tls::setup(&target.host, &spec.tls).map_err(usage)?),
+        false => None,
+    };
     let rate = match mode {
         Mode::Open { rate } => Some(rate),
         Mode::Hold { interval } => Some(spec.conns as f64 / interval.as_secs_f64()),
@@ -159,6 +186,11 @@ fn prepare(spec: &RunSpec) -> Result<Prepared, AppError> {
         shards: 1,
         conns: spec.conns,
         rate,
+        tls: tls.as_ref().map(|_| crate::report::TlsMeta {
+            server_name: spec.tls.sni.clone().unwrap_or_else(|| target.host.clone()),
+            insecure: spec.tls.insecure,
+            resume: spec.tls.resume,
+        }),
     };
     Ok(Prepared {
         cfg: EngineConfig {
@@ -172,6 +204,8 @@ fn prepare(spec: &RunSpec) -> Result<Prepared, AppError> {
             requests: spec.requests,
             timeout: spec.timeout,
             sources: pool.into(),
+            tls,
+            new_conn_per_request: spec.new_conn_per_request,
         },
         thresholds,
         meta,
@@ -248,7 +282,7 @@ fn run_inner(spec: RunSpec) -> Result<u8, AppError> {
     }
 
     let mut csv = match &spec.csv {
-        Some(p) => Some(CsvSink::create(p, &spec.watch_pids)?),
+        Some(p) => Some(CsvSink::create(p, &spec.watch_pids, cfg.tls.is_some())?),
         None => None,
     };
     let mut hdr = match &spec.hdr_log {
@@ -276,7 +310,8 @@ fn run_inner(spec: RunSpec) -> Result<u8, AppError> {
     .map_err(|e| failed(format!("cannot start the run: {e}")))?;
     progress.finish();
 
-    let mut summary = Summary::new(&meta, &outcome.hist, &outcome.counters, outcome.elapsed);
+    let mut summary = Summary::new(&meta, &outcome.hist, &outcome.counters, outcome.elapsed)
+        .with_tls(&meta, &outcome.handshake, &outcome.counters);
     summary.thresholds = thresholds.iter().map(|t| t.check(&summary)).collect();
     if spec.json {
         out(&format!(
@@ -362,10 +397,12 @@ fn run_shard(cfg: &EngineConfig, spec: &RunSpec, index: u64, count: u64) -> Resu
 struct CsvSink {
     w: csv::Writer<std::fs::File>,
     sampler: Sampler,
+    /// https://: handshakes completed and their p99 in each second.
+    tls: bool,
 }
 
 impl CsvSink {
-    fn create(path: &std::path::Path, pids: &[u32]) -> Result<CsvSink, AppError> {
+    fn create(path: &std::path::Path, pids: &[u32], tls: bool) -> Result<CsvSink, AppError> {
         let mut w = csv::Writer::from_path(path)
             .map_err(|e| usage(format!("cannot create --csv {}: {e}", path.display())))?;
         let mut header: Vec<String> = ["time_s", "rps", "p50_us", "p99_us", "open_conns", "errors"]
@@ -378,11 +415,16 @@ impl CsvSink {
         }
         header.push("tcp_sockets".into());
         header.push("tcp_mem_kb".into());
+        if tls {
+            header.push("tls_handshakes".into());
+            header.push("tls_handshake_p99_us".into());
+        }
         w.write_record(&header).map_err(failed)?;
         w.flush().map_err(failed)?;
         Ok(CsvSink {
             w,
             sampler: Sampler::new(pids),
+            tls,
         })
     }
 
@@ -403,6 +445,10 @@ impl CsvSink {
         let (socks, mem) = crate::procstat::tcp_sockstat().unwrap_or((0, 0));
         row.push(socks.to_string());
         row.push(mem.to_string());
+        if self.tls {
+            row.push((c.tls_full + c.tls_resumed).to_string());
+            row.push(iv.handshake.value_at_quantile(0.99).to_string());
+        }
         self.w.write_record(&row).map_err(|e| e.to_string())?;
         self.w.flush().map_err(|e| e.to_string())
     }

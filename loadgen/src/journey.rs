@@ -233,6 +233,7 @@ pub fn run(j: &Journey, quiet: bool) -> Result<JourneyOutcome, JourneyError> {
         shards: 1,
         conns: j.users as u64,
         rate: None,
+        tls: None,
     };
     Ok(JourneyOutcome {
         summary: summarize(&metrics, &meta),

@@ -20,6 +20,7 @@ pub mod stats;
 pub mod sys;
 pub mod target;
 pub mod threshold;
+pub mod tls;
 
 /// Bytes a connection keeps only while it must (a split head, unsent data).
 /// Boxed so the idle case costs one pointer (8 bytes), not a Vec (24 bytes):

@@ -74,7 +74,7 @@ enum Cmd {
 
 #[derive(Args)]
 struct RunArgs {
-    /// http://HOST[:PORT][/PATH]
+    /// http[s]://HOST[:PORT][/PATH]
     url: String,
     /// Connections (above the open-file limit, shard processes are used).
     #[arg(short = 'c', long = "connections", default_value_t = 10)]
@@ -132,6 +132,24 @@ struct RunArgs {
     /// No progress output.
     #[arg(short = 'q', long)]
     quiet: bool,
+    /// https://: the server name to send (SNI) and check; default the URL's host.
+    #[arg(long)]
+    sni: Option<String>,
+    /// https://: trust the certificates in this PEM file instead of the system's.
+    #[arg(long)]
+    cacert: Option<PathBuf>,
+    /// https://: do not check the server's certificate (said in the summary).
+    #[arg(long)]
+    insecure: bool,
+    /// https://: only this TLS version, 1.2 or 1.3 (default: either).
+    #[arg(long)]
+    tls_version: Option<loadgen::tls::Version>,
+    /// https://: offer sessions for resumption (off: every handshake is full).
+    #[arg(long)]
+    tls_resume: bool,
+    /// Open a new connection for every request (adds `Connection: close`).
+    #[arg(long)]
+    new_conn_per_request: bool,
     #[arg(long, hide = true, value_parser = parse_shard)]
     shard: Option<(u64, u64)>,
     #[arg(long, hide = true)]
@@ -180,6 +198,14 @@ fn main() -> ExitCode {
                 thresholds: a.thresholds,
                 watch_pids: a.watch_pids,
                 quiet: a.quiet,
+                tls: loadgen::tls::TlsOptions {
+                    sni: a.sni,
+                    cacert: a.cacert,
+                    insecure: a.insecure,
+                    version: a.tls_version,
+                    resume: a.tls_resume,
+                },
+                new_conn_per_request: a.new_conn_per_request,
                 shard: a.shard,
                 shard_start_unix_ns: a.shard_start,
                 argv: std::env::args().skip(1).collect(),

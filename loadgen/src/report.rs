@@ -31,6 +31,46 @@ pub struct Latency {
     pub max: u64,
 }
 
+impl Latency {
+    pub fn of(hist: &Histogram<u64>) -> Latency {
+        let q = |p: f64| hist.value_at_quantile(p);
+        let empty = hist.is_empty();
+        Latency {
+            min: if empty { 0 } else { hist.min() },
+            mean: if empty { 0.0 } else { hist.mean() },
+            stdev: if empty { 0.0 } else { hist.stdev() },
+            p50: q(0.5),
+            p75: q(0.75),
+            p90: q(0.9),
+            p99: q(0.99),
+            p999: q(0.999),
+            max: hist.max(),
+        }
+    }
+}
+
+/// HTTPS runs: what the handshakes cost and what they negotiated.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TlsOut {
+    pub server_name: String,
+    /// `--insecure`: certificates were not checked.
+    pub insecure: bool,
+    /// `--tls-resume`: sessions were offered for resumption.
+    pub resumption_offered: bool,
+    /// Handshakes completed, full and resumed.
+    pub handshakes: u64,
+    pub full: u64,
+    pub resumed: u64,
+    pub handshakes_per_s: f64,
+    /// Handshakes that failed (every `tls_*` error kind).
+    pub failed: u64,
+    /// "TLSv1.3", "TLSv1.2", or "mixed".
+    pub version: String,
+    pub cipher_suite: String,
+    /// From the start of the TCP connect to the handshake's end, µs.
+    pub handshake_latency_us: Latency,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Connections {
     pub target: u64,
@@ -76,6 +116,9 @@ pub struct Summary {
     pub latency_us: Latency,
     pub connections: Connections,
     pub schedule: Option<Schedule>,
+    /// https:// targets only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsOut>,
     pub thresholds: Vec<ThresholdResult>,
 }
 
@@ -88,13 +131,20 @@ pub struct Meta {
     pub shards: u64,
     pub conns: u64,
     pub rate: Option<f64>,
+    /// https://: the server name and the options that change what is measured.
+    pub tls: Option<TlsMeta>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TlsMeta {
+    pub server_name: String,
+    pub insecure: bool,
+    pub resume: bool,
 }
 
 impl Summary {
     pub fn new(meta: &Meta, hist: &Histogram<u64>, c: &Counters, elapsed: Duration) -> Summary {
         let secs = elapsed.as_secs_f64().max(1e-9);
-        let q = |p: f64| hist.value_at_quantile(p);
-        let empty = hist.is_empty();
         Summary {
             schema: SCHEMA.to_string(),
             url: meta.url.clone(),
@@ -111,17 +161,7 @@ impl Summary {
                 by_kind: c.errors,
                 total: c.errors.total(),
             },
-            latency_us: Latency {
-                min: if empty { 0 } else { hist.min() },
-                mean: if empty { 0.0 } else { hist.mean() },
-                stdev: if empty { 0.0 } else { hist.stdev() },
-                p50: q(0.5),
-                p75: q(0.75),
-                p90: q(0.9),
-                p99: q(0.99),
-                p999: q(0.999),
-                max: hist.max(),
-            },
+            latency_us: Latency::of(hist),
             connections: Connections {
                 target: meta.conns,
                 peak_open: c.peak_open,
@@ -138,8 +178,38 @@ impl Summary {
                 },
                 behind_max_us: c.lag_max_us,
             }),
+            tls: None,
             thresholds: Vec::new(),
         }
+    }
+
+    /// Adds the TLS section of an https:// run.
+    pub fn with_tls(mut self, meta: &Meta, handshake: &Histogram<u64>, c: &Counters) -> Summary {
+        let Some(t) = &meta.tls else { return self };
+        let done = c.tls_full + c.tls_resumed;
+        let version = match c.tls13 {
+            0 => crate::tls::version_name(false),
+            n if n == done => crate::tls::version_name(true),
+            _ => "mixed",
+        };
+        self.tls = Some(TlsOut {
+            server_name: t.server_name.clone(),
+            insecure: t.insecure,
+            resumption_offered: t.resume,
+            handshakes: done,
+            full: c.tls_full,
+            resumed: c.tls_resumed,
+            handshakes_per_s: done as f64 / self.duration_s.max(1e-9),
+            failed: c.errors.tls(),
+            version: if done == 0 { "-" } else { version }.to_string(),
+            cipher_suite: if done == 0 {
+                "-".to_string()
+            } else {
+                crate::tls::suite_name(c.tls_suite)
+            },
+            handshake_latency_us: Latency::of(handshake),
+        });
+        self
     }
 }
 
@@ -214,14 +284,68 @@ pub fn text(s: &Summary) -> String {
             );
         }
     }
+    if let Some(t) = &s.tls {
+        out.push_str(&tls_text(t, e));
+    }
     out.push_str(&format!(
-        "  Errors: {} (connect {}, read {}, write {}, timeout {}, status 4xx {}, status 5xx {}, parse {})\n",
-        s.errors.total, e.connect, e.read, e.write, e.timeout, e.status_4xx, e.status_5xx, e.parse
+        "  Errors: {} (connect {}, read {}, write {}, timeout {}, status 4xx {}, status 5xx {}, parse {}, tls {})\n",
+        s.errors.total,
+        e.connect,
+        e.read,
+        e.write,
+        e.timeout,
+        e.status_4xx,
+        e.status_5xx,
+        e.parse,
+        e.tls()
     ));
     out.push_str(&format!("Requests/sec: {:>12.2}\n", s.rps));
     out.push_str(&format!(
         "Transfer/sec: {:>12}\n",
         fmt_bytes(s.transfer_bps)
     ));
+    out
+}
+
+fn tls_text(t: &TlsOut, e: &Errors) -> String {
+    let h = &t.handshake_latency_us;
+    let mut out = String::new();
+    if t.insecure {
+        out.push_str("  TLS: --insecure: the server's certificate was NOT checked\n");
+    }
+    out.push_str(&format!(
+        "  TLS {} {} (SNI {}): {} handshakes ({} full, {} resumed{}), {:.1}/s\n",
+        t.version,
+        t.cipher_suite,
+        t.server_name,
+        t.handshakes,
+        t.full,
+        t.resumed,
+        if t.resumption_offered {
+            ""
+        } else {
+            "; resumption off"
+        },
+        t.handshakes_per_s
+    ));
+    out.push_str(&format!(
+        "  Handshake p50 {} p90 {} p99 {} max {} (connect start to handshake done)\n",
+        fmt_us(h.p50 as f64),
+        fmt_us(h.p90 as f64),
+        fmt_us(h.p99 as f64),
+        fmt_us(h.max as f64)
+    ));
+    if t.failed > 0 {
+        out.push_str(&format!(
+            "  TLS failures: {} (untrusted {}, name mismatch {}, expired {}, alert {}, handshake timeout {}, other {})\n",
+            t.failed,
+            e.tls_untrusted,
+            e.tls_name_mismatch,
+            e.tls_expired,
+            e.tls_alert,
+            e.tls_handshake_timeout,
+            e.tls_other
+        ));
+    }
     out
 }

@@ -28,6 +28,7 @@ pub enum Placement {
 
 pub struct Outcome {
     pub hist: Histogram<u64>,
+    pub handshake: Histogram<u64>,
     pub counters: Counters,
     pub elapsed: Duration,
     pub errors: Vec<String>,
@@ -76,10 +77,12 @@ pub fn run(
     let deadline = duration.map(|d| start + d + grace);
     let mut collector = Collector::new(sources);
     let mut hist = new_hist();
+    let mut handshake = new_hist();
     let mut counters = Counters::default();
     let mut interrupted = false;
     let mut emit = |iv: Interval, stop: &AtomicBool| {
         let _ = hist.add(&iv.hist);
+        let _ = handshake.add(&iv.handshake);
         counters.accumulate(&iv.counters);
         if !on_interval(&iv) {
             stop.store(true, Ordering::Relaxed);
@@ -119,6 +122,7 @@ pub fn run(
     }
     Ok(Outcome {
         hist,
+        handshake,
         counters,
         elapsed: collector.elapsed,
         errors: collector.errors,

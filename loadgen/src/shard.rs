@@ -4,7 +4,8 @@
 //! on a common start time and streams its finished intervals on stdout,
 //! one line each; the parent adds them up like its own threads' reports.
 //!
-//! Lines: `I INDEX DURATION_NS COUNTERS_JSON HIST_BASE64` (V2 encoding),
+//! Lines: `I INDEX DURATION_NS COUNTERS_JSON HIST_BASE64 HANDSHAKE_HIST_BASE64`
+//! (V2 encoding),
 //! `D ELAPSED_NS`, `X MESSAGE`.
 
 use std::io::{self, BufRead, BufReader, Write};
@@ -35,20 +36,25 @@ impl Default for ShardOut {
 impl ShardOut {
     /// Fails when the parent is gone (broken pipe): the shard should stop.
     pub fn interval(&mut self, iv: &Interval) -> io::Result<()> {
-        self.buf.clear();
-        self.ser
-            .serialize(&iv.hist, &mut self.buf)
-            .map_err(|e| io::Error::other(format!("{e:?}")))?;
+        let latency = self.encode(&iv.hist)?;
+        let handshake = self.encode(&iv.handshake)?;
         let line = format!(
-            "I {} {} {} {}\n",
+            "I {} {} {} {latency} {handshake}\n",
             iv.index,
             iv.duration.as_nanos(),
             serde_json::to_string(&iv.counters).expect("counters serialize"),
-            base64::engine::general_purpose::STANDARD.encode(&self.buf)
         );
         let mut out = io::stdout().lock();
         out.write_all(line.as_bytes())?;
         out.flush()
+    }
+
+    fn encode(&mut self, h: &hdrhistogram::Histogram<u64>) -> io::Result<String> {
+        self.buf.clear();
+        self.ser
+            .serialize(h, &mut self.buf)
+            .map_err(|e| io::Error::other(format!("{e:?}")))?;
+        Ok(base64::engine::general_purpose::STANDARD.encode(&self.buf))
     }
 
     pub fn done(&mut self, elapsed: Duration, errors: &[String]) -> io::Result<()> {
@@ -62,22 +68,19 @@ impl ShardOut {
 }
 
 fn parse_line(line: &str, source: usize) -> Option<Msg> {
-    let mut it = line.splitn(5, ' ');
+    let mut it = line.splitn(6, ' ');
     match it.next()? {
         "I" => {
             let index = it.next()?.parse().ok()?;
             let _duration: u64 = it.next()?.parse().ok()?;
             let counters: Counters = serde_json::from_str(it.next()?).ok()?;
-            let raw = base64::engine::general_purpose::STANDARD
-                .decode(it.next()?.trim_end())
-                .ok()?;
-            let hist = Deserializer::new().deserialize(&mut raw.as_slice()).ok()?;
-            let mut h = crate::stats::new_hist();
-            h.add(&hist).ok()?;
+            let hist = decode(it.next()?)?;
+            let handshake = decode(it.next()?)?;
             Some(Msg::Interval {
                 source,
                 index,
-                hist: Box::new(h),
+                hist,
+                handshake,
                 counters,
             })
         }
@@ -88,6 +91,17 @@ fn parse_line(line: &str, source: usize) -> Option<Msg> {
         }),
         _ => None,
     }
+}
+
+fn decode(field: &str) -> Option<Box<hdrhistogram::Histogram<u64>>> {
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(field.trim_end())
+        .ok()?;
+    let hist: hdrhistogram::Histogram<u64> =
+        Deserializer::new().deserialize(&mut raw.as_slice()).ok()?;
+    let mut h = crate::stats::new_hist();
+    h.add(&hist).ok()?;
+    Some(Box::new(h))
 }
 
 /// The running shard processes.

@@ -27,6 +27,20 @@ pub struct Errors {
     pub status_5xx: u64,
     /// Malformed responses (bad head, bad framing, unsolicited bytes).
     pub parse: u64,
+    /// HTTPS handshakes that failed (`tls::Failure`), each kind apart; a
+    /// failed handshake uses up a request, like a failed connect.
+    #[serde(default)]
+    pub tls_untrusted: u64,
+    #[serde(default)]
+    pub tls_name_mismatch: u64,
+    #[serde(default)]
+    pub tls_expired: u64,
+    #[serde(default)]
+    pub tls_alert: u64,
+    #[serde(default)]
+    pub tls_handshake_timeout: u64,
+    #[serde(default)]
+    pub tls_other: u64,
 }
 
 impl Errors {
@@ -38,6 +52,28 @@ impl Errors {
             + self.status_4xx
             + self.status_5xx
             + self.parse
+            + self.tls()
+    }
+
+    /// Failed handshakes, all kinds.
+    pub fn tls(&self) -> u64 {
+        self.tls_untrusted
+            + self.tls_name_mismatch
+            + self.tls_expired
+            + self.tls_alert
+            + self.tls_handshake_timeout
+            + self.tls_other
+    }
+
+    pub fn count_tls(&mut self, f: crate::tls::Failure) {
+        use crate::tls::Failure as F;
+        *match f {
+            F::Untrusted => &mut self.tls_untrusted,
+            F::NameMismatch => &mut self.tls_name_mismatch,
+            F::Expired => &mut self.tls_expired,
+            F::Alert => &mut self.tls_alert,
+            F::Other => &mut self.tls_other,
+        } += 1;
     }
 
     pub fn add(&mut self, o: &Errors) {
@@ -48,6 +84,12 @@ impl Errors {
         self.status_4xx += o.status_4xx;
         self.status_5xx += o.status_5xx;
         self.parse += o.parse;
+        self.tls_untrusted += o.tls_untrusted;
+        self.tls_name_mismatch += o.tls_name_mismatch;
+        self.tls_expired += o.tls_expired;
+        self.tls_alert += o.tls_alert;
+        self.tls_handshake_timeout += o.tls_handshake_timeout;
+        self.tls_other += o.tls_other;
     }
 }
 
@@ -73,6 +115,17 @@ pub struct Counters {
     pub lag_max_us: u64,
     /// Paced modes: requests whose lag was measured.
     pub paced: u64,
+    /// HTTPS: handshakes completed, full and resumed, and on which version.
+    #[serde(default)]
+    pub tls_full: u64,
+    #[serde(default)]
+    pub tls_resumed: u64,
+    #[serde(default)]
+    pub tls13: u64,
+    /// IANA code of the cipher suite negotiated (one config, one suite; the
+    /// largest code when they differ).
+    #[serde(default)]
+    pub tls_suite: u16,
 }
 
 impl Counters {
@@ -90,6 +143,10 @@ impl Counters {
         self.lag_sum_us += o.lag_sum_us;
         self.lag_max_us = self.lag_max_us.max(o.lag_max_us);
         self.paced += o.paced;
+        self.tls_full += o.tls_full;
+        self.tls_resumed += o.tls_resumed;
+        self.tls13 += o.tls13;
+        self.tls_suite = self.tls_suite.max(o.tls_suite);
     }
 
     /// Folds a finished interval into run totals: flows add, gauges take the maximum.
@@ -111,6 +168,8 @@ pub enum Msg {
         source: usize,
         index: u64,
         hist: Box<Histogram<u64>>,
+        /// HTTPS: handshake latencies, connect start to handshake done (µs).
+        handshake: Box<Histogram<u64>>,
         counters: Counters,
     },
     Done {
@@ -127,6 +186,7 @@ pub struct Interval {
     /// Wall time the interval covers (1 s, except the last one).
     pub duration: Duration,
     pub hist: Histogram<u64>,
+    pub handshake: Histogram<u64>,
     pub counters: Counters,
 }
 
@@ -134,7 +194,7 @@ pub struct Interval {
 pub struct Collector {
     last: Vec<Option<u64>>,
     done: Vec<bool>,
-    pending: BTreeMap<u64, (Histogram<u64>, Counters)>,
+    pending: BTreeMap<u64, (Histogram<u64>, Histogram<u64>, Counters)>,
     pub elapsed: Duration,
     pub errors: Vec<String>,
 }
@@ -161,15 +221,17 @@ impl Collector {
                 source,
                 index,
                 hist,
+                handshake,
                 counters,
             } => {
                 let slot = self
                     .pending
                     .entry(index)
-                    .or_insert_with(|| (new_hist(), Counters::default()));
+                    .or_insert_with(|| (new_hist(), new_hist(), Counters::default()));
                 // Histograms with the same bounds always add.
                 let _ = slot.0.add(&*hist);
-                slot.1.add(&counters);
+                let _ = slot.1.add(&*handshake);
+                slot.2.add(&counters);
                 self.last[source] = Some(index);
             }
             Msg::Done {
@@ -207,7 +269,7 @@ impl Collector {
             if !final_ {
                 break;
             }
-            let (hist, counters) = self.pending.remove(&index).expect("key just seen");
+            let (hist, handshake, counters) = self.pending.remove(&index).expect("key just seen");
             let start = Duration::from_secs(index);
             let duration = if all || horizon.is_none() {
                 self.elapsed
@@ -220,6 +282,7 @@ impl Collector {
                 index,
                 duration: duration.max(Duration::from_millis(1)),
                 hist,
+                handshake,
                 counters,
             });
         }

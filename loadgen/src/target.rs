@@ -1,12 +1,12 @@
-//! The target of a run: an `http://host[:port]/path` URL resolved once, and
-//! the request serialized once into the bytes every connection writes.
+//! The target of a run: an `http[s]://host[:port]/path` URL resolved once,
+//! and the request serialized once into the bytes every connection writes.
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetError {
-    /// Not an http:// URL with a host.
+    /// Not an http:// or https:// URL with a host.
     BadUrl(String),
     /// The host did not resolve.
     Resolve(String),
@@ -17,10 +17,9 @@ pub enum TargetError {
 impl fmt::Display for TargetError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            TargetError::BadUrl(u) => write!(
-                f,
-                "bad URL {u:?}: expected http://HOST[:PORT][/PATH] (https is not supported)"
-            ),
+            TargetError::BadUrl(u) => {
+                write!(f, "bad URL {u:?}: expected http[s]://HOST[:PORT][/PATH]")
+            }
             TargetError::Resolve(h) => write!(f, "cannot resolve {h:?}: check the host name"),
             TargetError::BadHeader(h) => {
                 write!(f, "bad header {h:?}: expected 'Name: value'")
@@ -38,12 +37,20 @@ pub struct Target {
     /// Path and query, starting with '/'.
     pub path: String,
     pub addr: SocketAddr,
+    /// https://: the connection speaks TLS.
+    pub tls: bool,
+    /// The host without its port (the TLS server name by default).
+    pub host: String,
 }
 
 impl Target {
     pub fn parse(url: &str) -> Result<Target, TargetError> {
         let bad = || TargetError::BadUrl(url.to_string());
-        let rest = url.strip_prefix("http://").ok_or_else(bad)?;
+        let (rest, tls) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+            (Some(rest), _) => (rest, false),
+            (None, Some(rest)) => (rest, true),
+            (None, None) => return Err(bad()),
+        };
         let (authority, path) = match rest.find(['/', '?']) {
             Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_string()),
             Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
@@ -52,10 +59,15 @@ impl Target {
         if authority.is_empty() || authority.contains('@') {
             return Err(bad());
         }
-        let with_port = if authority.ends_with(']') || !authority.contains(':') {
-            format!("{authority}:80")
-        } else {
+        let has_port = !authority.ends_with(']') && authority.contains(':');
+        let with_port = if has_port {
             authority.to_string()
+        } else {
+            format!("{authority}:{}", if tls { 443 } else { 80 })
+        };
+        let host = match authority.rfind(':') {
+            Some(i) if has_port => &authority[..i],
+            _ => authority,
         };
         let addr = with_port
             .to_socket_addrs()
@@ -66,6 +78,8 @@ impl Target {
             authority: authority.to_string(),
             path,
             addr,
+            tls,
+            host: host.to_string(),
         })
     }
 }
@@ -116,7 +130,12 @@ mod tests {
         assert_eq!(t.addr, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(t.path, "/a?b=1");
         assert_eq!(Target::parse("http://127.0.0.1").unwrap().addr.port(), 80);
-        assert!(Target::parse("https://x/").is_err());
+        assert!(Target::parse("ftp://x/").is_err());
+        let s = Target::parse("https://127.0.0.1/").unwrap();
+        assert!(s.tls);
+        assert_eq!((s.addr.port(), s.host.as_str()), (443, "127.0.0.1"));
+        let s = Target::parse("https://[::1]:8443/").unwrap();
+        assert_eq!((s.addr.port(), s.host.as_str()), (8443, "[::1]"));
         let r = build_request(&t, "POST", &["X-A: 1".into()], b"hi").unwrap();
         assert_eq!(
             r,

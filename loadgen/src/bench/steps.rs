@@ -219,6 +219,8 @@ pub fn run(
     let mut step = step;
     // Malformed responses have no column of their own in v1: count them as read errors.
     step.errors.read += e.parse;
+    // Nor failed TLS handshakes: they are failed connects.
+    step.errors.connect += e.tls();
 
     let intervals = intervals(&csv_path, &key, t0, &start, &window)?;
     let mut failures = Vec::new();

@@ -49,6 +49,10 @@ pub struct EngineConfig {
     pub requests: Option<u64>,
     pub timeout: Duration,
     pub sources: Arc<[IpAddr]>,
+    /// https://: every connection does a TLS handshake first.
+    pub tls: Option<crate::tls::TlsSetup>,
+    /// Close each connection after its response and open a new one.
+    pub new_conn_per_request: bool,
 }
 
 /// The part `[lo, hi)` of `total` that piece `i` of `n` gets.
@@ -113,6 +117,8 @@ pub fn plan(
                 }),
                 timeout: cfg.timeout,
                 sources: cfg.sources.clone(),
+                tls: cfg.tls.clone(),
+                new_conn_per_request: cfg.new_conn_per_request,
                 start,
             }
         })

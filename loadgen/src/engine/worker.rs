@@ -4,6 +4,8 @@
 //! and a latency histogram every second. Per-connection state is a small
 //! struct; nothing is allocated per request, and an idle connection holds
 //! no buffer (only a head split across reads is kept, and only until whole).
+//! On https:// targets each connection runs its TLS handshake here too,
+//! non-blocking, and its bytes go through rustls.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -19,8 +21,12 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use rustls::client::ClientConnection;
+use rustls::{HandshakeKind, ProtocolVersion};
+
 use crate::http1::{self, BodyState};
 use crate::stats::{new_hist, Counters, Msg};
+use crate::tls::{Failure, TlsSetup};
 use crate::Spill;
 
 /// Largest response head accepted; a bigger one is a parse error.
@@ -62,6 +68,8 @@ pub struct WorkerPlan {
     pub quota: Option<u64>,
     pub timeout: Duration,
     pub sources: Arc<[IpAddr]>,
+    pub tls: Option<TlsSetup>,
+    pub new_conn_per_request: bool,
     pub start: Instant,
 }
 
@@ -70,6 +78,8 @@ enum St {
     /// No socket; waiting for its connect time (or a retry).
     Waiting,
     Connecting,
+    /// https://: TCP connected, the TLS handshake under way.
+    Handshaking,
     /// Connected, no request outstanding.
     Idle,
     Writing,
@@ -90,6 +100,7 @@ enum Fail {
     Write,
     Timeout,
     Parse,
+    Tls(Failure),
 }
 
 struct Conn {
@@ -111,6 +122,10 @@ struct Conn {
     resp: Resp,
     /// A response head split across reads.
     partial: Option<Spill>,
+    /// https://: the TLS session over `sock`.
+    tls: Option<Box<ClientConnection>>,
+    /// When the connect began: handshake latency counts from here.
+    connect_ns: u64,
 }
 
 pub struct Worker {
@@ -120,6 +135,8 @@ pub struct Worker {
     timers: BinaryHeap<Reverse<(u64, u32)>>,
     buf: Vec<u8>,
     hist: Histogram<u64>,
+    /// Connect start to TLS handshake done, µs.
+    handshake: Histogram<u64>,
     counters: Counters,
     open: u64,
     in_flight: u64,
@@ -166,6 +183,8 @@ impl Worker {
                 wake_ns: 0,
                 resp: Resp::Head,
                 partial: None,
+                tls: None,
+                connect_ns: 0,
             });
         }
         Ok(Worker {
@@ -175,6 +194,7 @@ impl Worker {
             conns,
             buf: vec![0; 64 * 1024],
             hist: new_hist(),
+            handshake: new_hist(),
             counters: Counters::default(),
             open: 0,
             in_flight: 0,
@@ -251,12 +271,17 @@ impl Worker {
                             self.on_connect(i);
                         }
                     }
+                    St::Handshaking => self.handshake(i),
                     St::Writing | St::Reading | St::Idle | St::Parked => {
                         if ev.is_writable() && c.st == St::Writing {
                             self.write(i);
                         }
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                            self.on_readable(i, ev.is_read_closed() || ev.is_error());
+                            if self.conns[i].tls.is_some() {
+                                self.on_readable_tls(i);
+                            } else {
+                                self.on_readable(i, ev.is_read_closed() || ev.is_error());
+                            }
                         }
                     }
                     St::Waiting => {}
@@ -274,12 +299,15 @@ impl Worker {
         self.counters.peak_open = self.counters.peak_open.max(self.open);
         let hist = Box::new(self.hist.clone());
         self.hist.reset();
+        let handshake = Box::new(self.handshake.clone());
+        self.handshake.reset();
         let counters = std::mem::take(&mut self.counters);
         self.counters.peak_open = self.open;
         let _ = self.tx.send(Msg::Interval {
             source: self.plan.source,
             index,
             hist,
+            handshake,
             counters,
         });
     }
@@ -334,6 +362,7 @@ impl Worker {
                 c.sock = Some(sock);
                 c.st = St::Connecting;
                 c.started_ms = (now / 1_000_000) as u32;
+                c.connect_ns = now;
             }
             Err(_) => self.connect_failed(i, now),
         }
@@ -341,13 +370,78 @@ impl Worker {
 
     fn connect_failed(&mut self, i: usize, now: u64) {
         self.counters.errors.connect += 1;
-        // A failed connect uses up one request, so `-n` ends even when the
-        // target is down.
+        self.retry_connect(i, now);
+    }
+
+    /// A failed connect or handshake uses up one request, so `-n` ends even
+    /// when the target is down; the connection is tried again after a pause.
+    fn retry_connect(&mut self, i: usize, now: u64) {
         if let Some(q) = &mut self.quota {
             *q = q.saturating_sub(1);
         }
         self.drop_socket(i);
         self.wake(i, now + CONNECT_BACKOFF_NS);
+    }
+
+    fn tls_failed(&mut self, i: usize, f: Failure) {
+        self.counters.errors.count_tls(f);
+        let now = self.now_ns();
+        self.retry_connect(i, now);
+    }
+
+    /// Drives the handshake as far as the socket allows.
+    fn handshake(&mut self, i: usize) {
+        let c = &mut self.conns[i];
+        let (Some(sock), Some(tls)) = (c.sock.as_mut(), c.tls.as_mut()) else {
+            return;
+        };
+        loop {
+            while tls.wants_write() {
+                match tls.write_tls(sock) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => return self.tls_failed(i, Failure::Other),
+                }
+            }
+            if !tls.is_handshaking() {
+                return self.handshake_done(i);
+            }
+            match tls.read_tls(sock) {
+                // The server closed mid-handshake.
+                Ok(0) => return self.tls_failed(i, Failure::Other),
+                Ok(_) => {
+                    if let Err(e) = tls.process_new_packets() {
+                        // rustls queued an alert telling the server why.
+                        let _ = tls.write_tls(sock);
+                        return self.tls_failed(i, Failure::of(&e));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.tls_failed(i, Failure::Other),
+            }
+        }
+    }
+
+    fn handshake_done(&mut self, i: usize) {
+        let now = self.now_ns();
+        let c = &self.conns[i];
+        let Some(tls) = c.tls.as_ref() else { return };
+        let us = now.saturating_sub(c.connect_ns) / 1000;
+        self.handshake.saturating_record(us.max(1));
+        match tls.handshake_kind() {
+            Some(HandshakeKind::Resumed) => self.counters.tls_resumed += 1,
+            _ => self.counters.tls_full += 1,
+        }
+        if tls.protocol_version() == Some(ProtocolVersion::TLSv1_3) {
+            self.counters.tls13 += 1;
+        }
+        if let Some(suite) = tls.negotiated_cipher_suite() {
+            let code = u16::from(suite.suite());
+            self.counters.tls_suite = self.counters.tls_suite.max(code);
+        }
+        self.established(i, now);
     }
 
     fn on_connect(&mut self, i: usize) {
@@ -363,7 +457,22 @@ impl Worker {
             Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
             Err(_) => return self.connect_failed(i, now),
         }
-        c.st = St::Idle;
+        if let Some(t) = &self.plan.tls {
+            match ClientConnection::new(t.config.clone(), t.server_name.clone()) {
+                Ok(tls) => {
+                    c.tls = Some(Box::new(tls));
+                    c.st = St::Handshaking;
+                    return self.handshake(i);
+                }
+                Err(e) => return self.tls_failed(i, Failure::of(&e)),
+            }
+        }
+        self.established(i, now);
+    }
+
+    /// Ready for requests: TCP connected (and, over TLS, handshaken).
+    fn established(&mut self, i: usize, now: u64) {
+        self.conns[i].st = St::Idle;
         self.open += 1;
         self.counters.peak_open = self.counters.peak_open.max(self.open);
         self.next_request(i, now);
@@ -419,6 +528,29 @@ impl Worker {
         let req = &self.plan.request;
         let c = &mut self.conns[i];
         let Some(sock) = c.sock.as_mut() else { return };
+        if let Some(tls) = c.tls.as_mut() {
+            // rustls takes the plaintext and seals it; what it cannot send
+            // yet waits for the next writable edge.
+            loop {
+                if (c.wpos as usize) < req.len() {
+                    match tls.writer().write(&req[c.wpos as usize..]) {
+                        Ok(n) => c.wpos += n as u32,
+                        Err(_) => return self.fail(i, Fail::Write),
+                    }
+                }
+                if tls.wants_write() {
+                    match tls.write_tls(sock) {
+                        Ok(_) => continue,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(_) => return self.fail(i, Fail::Write),
+                    }
+                }
+                if c.wpos as usize >= req.len() {
+                    break;
+                }
+            }
+        }
         while (c.wpos as usize) < req.len() {
             match sock.write(&req[c.wpos as usize..]) {
                 Ok(n) => c.wpos += n as u32,
@@ -462,6 +594,60 @@ impl Worker {
                     };
                     return self.fail(i, kind);
                 }
+            }
+        }
+    }
+
+    /// Over TLS: reads records until the socket is drained, and feeds the
+    /// plaintext to the same parser as a plain connection's bytes.
+    fn on_readable_tls(&mut self, i: usize) {
+        loop {
+            let c = &mut self.conns[i];
+            let (Some(sock), Some(tls)) = (c.sock.as_mut(), c.tls.as_mut()) else {
+                return;
+            };
+            let (more, closed) = match tls.read_tls(sock) {
+                Ok(0) => (false, true),
+                Ok(_) => (true, false),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => (false, false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return self.fail(i, Fail::Read),
+            };
+            if let Err(e) = tls.process_new_packets() {
+                let _ = tls.write_tls(sock);
+                return self.fail(i, Fail::Tls(Failure::of(&e)));
+            }
+            loop {
+                let mut buf = std::mem::take(&mut self.buf);
+                let got = match self.conns[i].tls.as_mut() {
+                    Some(tls) => tls.reader().read(&mut buf),
+                    None => Ok(0),
+                };
+                match got {
+                    Ok(n) if n > 0 => {
+                        let now = self.now_ns();
+                        let usable = self.consume(i, &buf[..n], now);
+                        self.buf = buf;
+                        if !usable {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.buf = buf;
+                        break;
+                    }
+                    // close_notify, or a close without it.
+                    _ => {
+                        self.buf = buf;
+                        return self.on_eof(i);
+                    }
+                }
+            }
+            if closed {
+                return self.on_eof(i);
+            }
+            if !more {
+                return;
             }
         }
     }
@@ -571,7 +757,10 @@ impl Worker {
         }
         self.complete(i, now);
         let c = &self.conns[i];
-        if c.close_after || c.wpos as usize != self.plan.request.len() {
+        if c.close_after
+            || c.wpos as usize != self.plan.request.len()
+            || self.plan.new_conn_per_request
+        {
             self.reconnect(i, now);
             return false;
         }
@@ -601,6 +790,7 @@ impl Worker {
         if let Some(mut s) = c.sock.take() {
             let _ = self.poll.registry().deregister(&mut s);
         }
+        c.tls = None;
         c.partial = None;
         c.resp = Resp::Head;
         c.st = St::Waiting;
@@ -621,6 +811,7 @@ impl Worker {
             Fail::Write => e.write += 1,
             Fail::Timeout => e.timeout += 1,
             Fail::Parse => e.parse += 1,
+            Fail::Tls(f) => e.count_tls(f),
         }
         let now = self.now_ns();
         self.reconnect(i, now);
@@ -637,11 +828,17 @@ impl Worker {
         let limit = self.plan.timeout.as_millis().min(u32::MAX as u128) as u32;
         for i in 0..self.conns.len() {
             let c = &self.conns[i];
-            if matches!(c.st, St::Connecting | St::Writing | St::Reading)
-                && now_ms.saturating_sub(c.started_ms) > limit
+            if matches!(
+                c.st,
+                St::Connecting | St::Handshaking | St::Writing | St::Reading
+            ) && now_ms.saturating_sub(c.started_ms) > limit
             {
-                if c.st == St::Connecting {
-                    self.counters.errors.timeout += 1;
+                if matches!(c.st, St::Connecting | St::Handshaking) {
+                    if c.st == St::Handshaking {
+                        self.counters.errors.tls_handshake_timeout += 1;
+                    } else {
+                        self.counters.errors.timeout += 1;
+                    }
                     if let Some(q) = &mut self.quota {
                         *q = q.saturating_sub(1);
                     }
