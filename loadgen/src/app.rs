@@ -164,10 +164,11 @@ fn prepare(spec: &RunSpec) -> Result<Prepared, AppError> {
         || spec.tls.cacert.is_some()
         || spec.tls.insecure
         || spec.tls.version.is_some()
-        || spec.tls.resume;
+        || spec.tls.resume
+        || !spec.tls.kx.is_empty();
     if tls_asked && !target.tls {
         return Err(usage(
-            "--sni, --cacert, --insecure, --tls-version and --tls-resume need an https:// URL",
+            "--sni, --cacert, --insecure, --tls-version, --tls-resume and --tls-kx need an https:// URL",
         ));
     }
     let tls = match target.tls {

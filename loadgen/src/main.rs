@@ -147,6 +147,9 @@ struct RunArgs {
     /// https://: offer sessions for resumption (off: every handshake is full).
     #[arg(long)]
     tls_resume: bool,
+    /// https://: key exchange groups to offer, e.g. x25519 or x25519mlkem768,secp256r1.
+    #[arg(long, value_delimiter = ',')]
+    tls_kx: Vec<String>,
     /// Open a new connection for every request (adds `Connection: close`).
     #[arg(long)]
     new_conn_per_request: bool,
@@ -204,6 +207,7 @@ fn main() -> ExitCode {
                     insecure: a.insecure,
                     version: a.tls_version,
                     resume: a.tls_resume,
+                    kx: a.tls_kx,
                 },
                 new_conn_per_request: a.new_conn_per_request,
                 shard: a.shard,

@@ -67,6 +67,10 @@ pub struct TlsOut {
     /// "TLSv1.3", "TLSv1.2", or "mixed".
     pub version: String,
     pub cipher_suite: String,
+    /// Key exchange group (e.g. `X25519`, `X25519MLKEM768`); "-" for a
+    /// TLS 1.2 resumption, which has none.
+    #[serde(default)]
+    pub kx_group: String,
     /// From the start of the TCP connect to the handshake's end, µs.
     pub handshake_latency_us: Latency,
 }
@@ -207,6 +211,11 @@ impl Summary {
             } else {
                 crate::tls::suite_name(c.tls_suite)
             },
+            kx_group: if c.tls_kx == 0 {
+                "-".to_string()
+            } else {
+                crate::tls::group_name(c.tls_kx)
+            },
             handshake_latency_us: Latency::of(handshake),
         });
         self
@@ -314,9 +323,10 @@ fn tls_text(t: &TlsOut, e: &Errors) -> String {
         out.push_str("  TLS: --insecure: the server's certificate was NOT checked\n");
     }
     out.push_str(&format!(
-        "  TLS {} {} (SNI {}): {} handshakes ({} full, {} resumed{}), {:.1}/s\n",
+        "  TLS {} {} {} (SNI {}): {} handshakes ({} full, {} resumed{}), {:.1}/s\n",
         t.version,
         t.cipher_suite,
+        t.kx_group,
         t.server_name,
         t.handshakes,
         t.full,

@@ -126,6 +126,9 @@ pub struct Counters {
     /// largest code when they differ).
     #[serde(default)]
     pub tls_suite: u16,
+    /// IANA code of the key exchange group negotiated (the same rule).
+    #[serde(default)]
+    pub tls_kx: u16,
 }
 
 impl Counters {
@@ -147,6 +150,7 @@ impl Counters {
         self.tls_resumed += o.tls_resumed;
         self.tls13 += o.tls13;
         self.tls_suite = self.tls_suite.max(o.tls_suite);
+        self.tls_kx = self.tls_kx.max(o.tls_kx);
     }
 
     /// Folds a finished interval into run totals: flows add, gauges take the maximum.

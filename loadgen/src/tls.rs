@@ -46,6 +46,9 @@ pub struct TlsOptions {
     pub version: Option<Version>,
     /// Offer sessions for resumption (tickets, or session ids in TLS 1.2).
     pub resume: bool,
+    /// Key exchange groups to offer, in order (`--tls-kx`); the provider's
+    /// default (X25519MLKEM768 first, as browsers now do) when empty.
+    pub kx: Vec<String>,
 }
 
 /// What every TLS connection of a run starts from.
@@ -67,7 +70,11 @@ pub fn setup(host: &str, o: &TlsOptions) -> Result<TlsSetup, String> {
     let name = name.trim_start_matches('[').trim_end_matches(']');
     let server_name = ServerName::try_from(name.to_string())
         .map_err(|_| format!("--sni {name:?}: not a DNS name or an IP address"))?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    if !o.kx.is_empty() {
+        provider.kx_groups = kx_groups(&o.kx)?;
+    }
+    let provider = Arc::new(provider);
     let versions: &[&'static rustls::SupportedProtocolVersion] = match o.version {
         Some(Version::Tls12) => &[&rustls::version::TLS12],
         Some(Version::Tls13) => &[&rustls::version::TLS13],
@@ -98,6 +105,35 @@ pub fn setup(host: &str, o: &TlsOptions) -> Result<TlsSetup, String> {
         config: Arc::new(config),
         server_name,
     })
+}
+
+fn kx_groups(
+    names: &[String],
+) -> Result<Vec<&'static dyn rustls::crypto::SupportedKxGroup>, String> {
+    let all = rustls::crypto::aws_lc_rs::ALL_KX_GROUPS;
+    names
+        .iter()
+        .map(|n| {
+            all.iter()
+                .find(|g| group_name(u16::from(g.name())).eq_ignore_ascii_case(n))
+                .copied()
+                .ok_or_else(|| {
+                    let known: Vec<String> = all
+                        .iter()
+                        .map(|g| group_name(u16::from(g.name())))
+                        .collect();
+                    format!(
+                        "--tls-kx {n:?}: not a group this build has ({})",
+                        known.join(", ")
+                    )
+                })
+        })
+        .collect()
+}
+
+/// A named group's IANA code as its name (`X25519`, `X25519MLKEM768`).
+pub fn group_name(code: u16) -> String {
+    format!("{:?}", rustls::NamedGroup::from(code))
 }
 
 fn roots(cacert: Option<&PathBuf>) -> Result<RootCertStore, String> {

@@ -191,6 +191,20 @@ fn exact_requests_over_https_with_one_full_handshake_per_connection() {
     assert_eq!(v["tls"]["server_name"], "127.0.0.1", "{v}");
     assert!(u(&v, "/tls/handshake_latency_us/p50") > 0, "{v}");
     assert_eq!(v["tls"]["insecure"], false);
+    assert_eq!(v["tls"]["kx_group"], "X25519MLKEM768", "{v}");
+    let (code, v) = run_json(&[
+        &url,
+        "-n",
+        "4",
+        "--cacert",
+        &ca.pem_path,
+        "--tls-kx",
+        "secp256r1",
+    ]);
+    assert_eq!((code, u(&v, "/requests")), (0, 4), "{v}");
+    assert_eq!(v["tls"]["kx_group"], "secp256r1", "{v}");
+    let out = common::run(&["run", &url, "-n", "1", "--tls-kx", "nonesuch"]);
+    assert_eq!(out.status.code(), Some(2));
 }
 
 #[test]

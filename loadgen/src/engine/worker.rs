@@ -437,6 +437,10 @@ impl Worker {
         if tls.protocol_version() == Some(ProtocolVersion::TLSv1_3) {
             self.counters.tls13 += 1;
         }
+        if let Some(group) = tls.negotiated_key_exchange_group() {
+            let code = u16::from(group.name());
+            self.counters.tls_kx = self.counters.tls_kx.max(code);
+        }
         if let Some(suite) = tls.negotiated_cipher_suite() {
             let code = u16::from(suite.suite());
             self.counters.tls_suite = self.counters.tls_suite.max(code);
