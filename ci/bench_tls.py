@@ -8,7 +8,9 @@ Per round, interleaved (loadgen, wrk, loadgen, wrk, ...), medians of ROUNDS:
   the client's CPU per request (utime + stime from /proc, sampled until it
   exits);
 - full handshakes: a new connection for every request at 20 connections
-  (loadgen offers X25519 only, as wrk with OpenSSL 3.0 does)
+  (loadgen offers X25519 only, as wrk with OpenSSL 3.0 does), loadgen
+  checking the certificate chain and, as wrk does, not checking it
+  (--insecure);
   (loadgen --new-conn-per-request, wrk -H 'Connection: close'):
   handshakes/s and the client's CPU per handshake;
 - resumed handshakes (loadgen --tls-resume; wrk does not resume);
@@ -188,6 +190,9 @@ def main():
             add(("full-hs", "c=20", "loadgen"),
                 loadgen_run(lg, url, ca, 20, ["--new-conn-per-request"]))
             add(("full-hs", "c=20", "wrk"), wrk_run(url, 20, ["-H", "Connection: close"]))
+            # wrk never checks the certificate: the same work for loadgen.
+            add(("full-hs-nocheck", "c=20", "loadgen"),
+                loadgen_run(lg, url, ca, 20, ["--new-conn-per-request", "--insecure"]))
             add(("resumed-hs", "c=20", "loadgen"),
                 loadgen_run(lg, url, ca, 20, ["--new-conn-per-request", "--tls-resume"]))
         held = {}
@@ -224,6 +229,13 @@ def main():
         errs = f"{l['errors']}, {w['errors']}" if unit == "rps" else ""
         out.append(f"{label:<30} {l[unit]:<12.1f} {w[unit]:<12.1f} x{l[unit] / w[unit]:<11.2f} {errs}")
         result["figures"][f"{what} {conns} {unit}"] = dict(loadgen=l[unit], wrk=w[unit])
+    n = summary(("full-hs-nocheck", "c=20", "loadgen"))
+    w = summary(("full-hs", "c=20", "wrk"))
+    out.append(f"{'full hs/s, no cert check':<30} {n['rps']:<12.1f} {w['rps']:<12.1f} "
+               f"x{n['rps'] / w['rps']:<11.2f} {n['errors']}, {w['errors']}")
+    out.append(f"{'  CPU us/handshake':<30} {n['cpu_us']:<12.1f} {w['cpu_us']:<12.1f} "
+               f"x{n['cpu_us'] / w['cpu_us']:.2f}")
+    result["figures"]["full-hs-nocheck c=20"] = dict(loadgen=n, wrk=w)
     r = summary(("resumed-hs", "c=20", "loadgen"))
     out.append(f"{'resumed handshakes/s, c=20':<30} {r['rps']:<12.1f} (wrk does not resume; "
                f"{r['resumed']} resumed, {r['full']} full)")
