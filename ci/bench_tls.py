@@ -35,17 +35,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_faults import ROOT, machine  # noqa: E402
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+from bench_faults import ROOT, TICK, cpu_ticks, free_port, machine  # noqa: E402
 
 
 def make_certs(d):
@@ -99,12 +89,6 @@ http {{
             time.sleep(0.1)
     p.kill()
     raise SystemExit("nginx did not start (is Debian's nginx installed?)")
-
-
-def cpu_ticks(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
 
 
 def measure(argv):
