@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
         let mut pool = BufPool::new(16 * 1024, 1);
         let mut out = pool.get();
         let ip = IpAddr::V6(Ipv6Addr::LOCALHOST);
-        if write_upstream_head(data, &head, &mut out, ip, "fallback.invalid") {
+        if write_upstream_head(data, &head, &mut out, ip, "fallback.invalid", true) {
             assert!(out.data().ends_with(b"\r\n\r\n"), "upstream head without its blank line");
         }
     }

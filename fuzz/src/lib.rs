@@ -49,7 +49,7 @@ pub fn proxy_request(input: &[u8], step: usize) -> ProxyFraming {
     let mut pool = BufPool::new(16 * 1024, 1);
     let mut out = pool.get();
     let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    if !write_upstream_head(input, &head, &mut out, ip, "fallback.invalid") {
+    if !write_upstream_head(input, &head, &mut out, ip, "fallback.invalid", false) {
         return ProxyFraming::Rejected;
     }
     let mut upstream = out.data().to_vec();

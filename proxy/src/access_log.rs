@@ -87,6 +87,8 @@ pub struct Entry<'a> {
     pub backend: &'a str,
     pub bytes_out: u64,
     pub duration: Duration,
+    /// TLS version and cipher suite, when the client spoke TLS.
+    pub tls: Option<(&'static str, &'static str)>,
 }
 
 impl LoopLog {
@@ -113,6 +115,14 @@ impl LoopLog {
             e.bytes_out,
             e.duration.as_secs_f64() * 1e3
         );
+        if let Some((version, cipher)) = e.tls {
+            // Before the line's closing brace and newline.
+            b.truncate(b.len() - 2);
+            let _ = writeln!(
+                b,
+                ",\"tls_version\":\"{version}\",\"tls_cipher\":\"{cipher}\"}}"
+            );
+        }
         self.lines += 1;
         self.oldest.get_or_insert(now);
         if self.batch.len() >= BATCH_BYTES {
@@ -192,6 +202,7 @@ mod tests {
                 backend: "127.0.0.1:9000",
                 bytes_out: 12,
                 duration: Duration::from_micros(1500),
+                tls: Some(("TLSv1_3", "TLS13_AES_128_GCM_SHA256")),
             },
         );
         l.flush_if_due(now + BATCH_AGE);

@@ -18,5 +18,6 @@ pub mod profiler;
 pub mod server;
 pub mod stats;
 pub mod timer;
+pub mod tls;
 pub mod upgrade;
 pub mod upstream;

@@ -3,7 +3,9 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
+use crate::control::board::LatencyCounters;
 use crate::http::errors::Reject;
+use crate::tls::HandshakeFailure;
 
 /// `repr(C)`: it lives in the shared board (see `control::board`).
 #[repr(C)]
@@ -34,6 +36,15 @@ pub struct LoopStats {
     pub access_log_dropped: AtomicU64,
     /// Error answers the proxy produced itself, by kind (index: `Reject as usize`).
     pub rejects: [AtomicU64; Reject::COUNT],
+    /// TLS handshakes completed in full, resumed (ticket or session ID),
+    /// and failed by reason (index: `HandshakeFailure as usize`).
+    pub tls_handshakes_full: AtomicU64,
+    pub tls_handshakes_resumed: AtomicU64,
+    pub tls_handshake_failures: [AtomicU64; HandshakeFailure::COUNT],
+    /// Client connections speaking TLS now (handshaking or done).
+    pub tls_connections_current: AtomicI64,
+    /// From accept to the handshake's end.
+    pub tls_handshake_seconds: LatencyCounters,
 }
 
 impl LoopStats {

@@ -12,6 +12,7 @@ use super::State;
 use crate::config::{validate, RawBackend, RawConfig, REDACTED};
 use crate::control::active_health::{ActiveHealthSnapshot, Outcome};
 use crate::control::{BackendSnapshot, Counters, ServerSnapshot, WorkerSnapshot};
+use crate::tls::HandshakeFailure;
 
 pub type Answer = Result<(StatusCode, Value), ApiError>;
 
@@ -149,6 +150,14 @@ fn counters_json(c: &Counters) -> Value {
             "access_log_dropped_lines": c.access_log_dropped,
         },
         "errors": errors,
+        "tls": {
+            "connections": c.tls.connections_current,
+            "handshakes": { "full": c.tls.handshakes_full, "resumed": c.tls.handshakes_resumed },
+            "handshake_failures": HandshakeFailure::ALL
+                .iter()
+                .map(|f| (f.label().to_string(), json!(c.tls.failures[*f as usize])))
+                .collect::<Map<String, Value>>(),
+        },
     })
 }
 

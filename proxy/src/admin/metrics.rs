@@ -18,8 +18,10 @@ use prometheus_client::registry::Registry;
 
 use crate::control::active_health::Outcome;
 use crate::control::{
-    BackendSnapshot, ControlPlane, Counters, Histogram, ServerSnapshot, LATENCY_BUCKETS,
+    BackendSnapshot, ControlPlane, Counters, Histogram, ServerSnapshot, TlsCounters,
+    LATENCY_BUCKETS,
 };
+use crate::tls::HandshakeFailure;
 
 /// The content type of what `render` returns.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -217,6 +219,41 @@ fn counter_families(
     )
 }
 
+/// TLS termination, server-wide.
+fn tls_families(e: &mut DescriptorEncoder, t: &TlsCounters) -> Result<(), std::fmt::Error> {
+    family(
+        e,
+        "tls_connections_active",
+        "Client connections speaking TLS now (handshaking or established)",
+        [(Vec::new(), ConstGauge::new(t.connections_current))],
+    )?;
+    family(
+        e,
+        "tls_handshakes",
+        "TLS handshakes completed, full or resumed (session ticket or ID)",
+        [
+            ("full", t.handshakes_full),
+            ("resumed", t.handshakes_resumed),
+        ]
+        .map(|(kind, n)| (vec![("kind", kind.to_string())], counter(n))),
+    )?;
+    family(
+        e,
+        "tls_handshake_failures",
+        "TLS handshakes that did not finish, by reason",
+        HandshakeFailure::ALL.map(|f| {
+            let labels = vec![("reason", f.label().to_string())];
+            (labels, counter(t.failures[f as usize]))
+        }),
+    )?;
+    histograms(
+        e,
+        "tls_handshake_seconds",
+        "From accept to the end of the TLS handshake",
+        [(Vec::new(), &t.handshake_seconds)],
+    )
+}
+
 impl Collector for Scrape {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.server;
@@ -253,6 +290,7 @@ impl Collector for Scrape {
             [(none(), ConstGauge::new(s.requests_per_second))],
         )?;
         counter_families(e, "", &[(none(), &s.total)])?;
+        tls_families(e, &s.total.tls)?;
         let per_loop: Vec<(Labels, &Counters)> = s
             .workers
             .iter()

@@ -21,8 +21,8 @@ use std::time::Duration;
 
 pub use patch::REDACTED;
 pub use raw::{
-    AutoOrCount, ExpectStatus, RawAdmin, RawBackend, RawConfig, RawHealthCheck, RawMatch, RawRoute,
-    RawServer, RawUpstream, Size, Workers,
+    AutoOrCount, ExpectStatus, RawAdmin, RawBackend, RawCertificate, RawConfig, RawHealthCheck,
+    RawMatch, RawRoute, RawServer, RawTls, RawUpstream, Size, Workers,
 };
 pub use router::Router;
 pub use units::{format_duration, parse_duration};
@@ -64,6 +64,8 @@ pub struct ServerConfig {
     pub min_rate_grace: Duration,
     /// One JSON line per request, to this file (or "stderr"); off when `None`.
     pub access_log: Option<String>,
+    /// `server.tls`: the listener speaks TLS; `None` = plaintext.
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -262,6 +264,7 @@ impl Config {
             min_rate: Some(Size::Text(units::format_size(s.min_rate))),
             min_rate_grace: Some(format_duration(s.min_rate_grace)),
             access_log: s.access_log.clone(),
+            tls: s.tls.as_ref().map(crate::tls::TlsConfig::to_raw),
         };
         let admin = RawAdmin {
             listen: Some(self.admin.listen.to_string()),

@@ -49,6 +49,31 @@ pub struct RawServer {
     /// Where to write one JSON line per request: a file path, or "stderr".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<String>,
+    /// Makes `listen` a TLS listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RawTls>,
+}
+
+/// `server.tls`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub certificates: Vec<RawCertificate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handshake_timeout: Option<String>,
+    /// "1.2" and/or "1.3".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub versions: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_tickets: Option<bool>,
+}
+
+/// One entry of `server.tls.certificates`: PEM files.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    pub cert: String,
+    pub key: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

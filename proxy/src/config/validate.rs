@@ -4,12 +4,15 @@
 //! source is at hand, its line.
 
 use super::locate::Locator;
-use super::raw::{AutoOrCount, ExpectStatus, RawAdmin, RawConfig, RawHealthCheck, Size, Workers};
+use super::raw::{
+    AutoOrCount, ExpectStatus, RawAdmin, RawConfig, RawHealthCheck, RawTls, Size, Workers,
+};
 use super::units::{parse_duration, parse_size};
 use super::{
     AdminConfig, Algorithm, BackendConfig, Config, ConfigError, HealthCheckConfig, RouteConfig,
     RouteMatch, ServerConfig, UpstreamConfig,
 };
+use crate::tls::{SniCerts, TlsConfig, Versions};
 use indexmap::IndexMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -21,6 +24,8 @@ pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A TLS handshake not done by then is closed (a TLS slowloris).
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_GRACEFUL_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_HEADER_SIZE: u64 = 16 * 1024;
 /// 512 B/s (4 kbit/s) is below any link still in use; a slowloris moving a
@@ -230,7 +235,80 @@ impl Validator<'_> {
                 }
                 other => other.clone(),
             },
+            tls: match &s.tls {
+                Some(t) => Some(self.tls(t)?),
+                None => None,
+            },
         })
+    }
+
+    /// `server.tls`: reads and checks every certificate and key now, so a
+    /// bad file is refused (field and file named) before anything changes.
+    fn tls(&self, t: &RawTls) -> Result<TlsConfig, ConfigError> {
+        if t.certificates.is_empty() {
+            return Err(self.err(
+                "server.tls.certificates",
+                "no certificate; add one: - { cert: FILE.pem, key: FILE.key }",
+            ));
+        }
+        let mut certs = SniCerts::new();
+        for (i, c) in t.certificates.iter().enumerate() {
+            let field = format!("server.tls.certificates[{i}]");
+            for (which, path) in [("cert", &c.cert), ("key", &c.key)] {
+                if path.trim().is_empty() {
+                    return Err(self.err(
+                        format!("{field}.{which}"),
+                        "empty path; write a PEM file's path",
+                    ));
+                }
+            }
+            certs
+                .add_files(&c.cert, &c.key)
+                .map_err(|e| self.err(format!("{field}.{}", e.which), e.message))?;
+        }
+        let handshake_timeout = self.duration(
+            "server.tls.handshake_timeout",
+            &t.handshake_timeout,
+            DEFAULT_HANDSHAKE_TIMEOUT,
+        )?;
+        let versions = match t.versions.as_deref() {
+            None => Versions::Both,
+            Some(list) => {
+                let mut v12 = false;
+                let mut v13 = false;
+                for v in list {
+                    match v.as_str() {
+                        "1.2" => v12 = true,
+                        "1.3" => v13 = true,
+                        other => {
+                            return Err(self.err(
+                                "server.tls.versions",
+                                format!(
+                                    "unknown version {other:?}; write \"1.2\", \"1.3\" or both"
+                                ),
+                            ))
+                        }
+                    }
+                }
+                match (v12, v13) {
+                    (true, true) => Versions::Both,
+                    (true, false) => Versions::Only12,
+                    (false, true) => Versions::Only13,
+                    (false, false) => {
+                        return Err(self.err(
+                            "server.tls.versions",
+                            "empty list; write [\"1.2\", \"1.3\"] or leave it out",
+                        ))
+                    }
+                }
+            }
+        };
+        Ok(TlsConfig::build(
+            certs,
+            handshake_timeout,
+            versions,
+            t.session_tickets.unwrap_or(true),
+        ))
     }
 
     /// The token in `admin.token_file`: its text without the line end (a

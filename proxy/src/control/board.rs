@@ -36,7 +36,7 @@ pub struct ProcessSlot {
 }
 
 #[repr(C)]
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct LatencyCounters {
     pub buckets: [AtomicU64; BUCKETS],
     pub sum_micros: AtomicU64,
@@ -121,6 +121,8 @@ pub struct Board {
     backends: [BackendSlot; MAX_BACKENDS],
     /// The CPU profile the master last asked of its workers.
     pub profile: ProfileRequest,
+    /// Session-ticket keys of every process of this proxy (`tls::tickets`).
+    pub tls_tickets: crate::tls::tickets::TicketKeys,
 }
 
 impl Board {

@@ -53,6 +53,37 @@ pub struct Counters {
     pub access_log_dropped: u64,
     /// Answers the proxy produced itself: (kind, status, count), every kind listed.
     pub errors: Vec<(&'static str, u16, u64)>,
+    pub tls: TlsCounters,
+}
+
+/// TLS termination's counters (all zero on a plaintext listener).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TlsCounters {
+    pub connections_current: i64,
+    pub handshakes_full: u64,
+    pub handshakes_resumed: u64,
+    /// By `tls::HandshakeFailure as usize`.
+    pub failures: [u64; crate::tls::HandshakeFailure::COUNT],
+    /// From accept to the handshake's end.
+    pub handshake_seconds: Histogram,
+}
+
+impl TlsCounters {
+    pub fn add(&mut self, other: &TlsCounters) {
+        self.connections_current += other.connections_current;
+        self.handshakes_full += other.handshakes_full;
+        self.handshakes_resumed += other.handshakes_resumed;
+        for (t, o) in self.failures.iter_mut().zip(other.failures) {
+            *t += o;
+        }
+        let h = &mut self.handshake_seconds;
+        h.counts
+            .resize(h.counts.len().max(other.handshake_seconds.counts.len()), 0);
+        for (t, o) in h.counts.iter_mut().zip(&other.handshake_seconds.counts) {
+            *t += o;
+        }
+        h.sum_seconds += other.handshake_seconds.sum_seconds;
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use super::board::{Board, MAX_PROCESSES};
-use super::{BackendSnapshot, Counters, ServerSnapshot, WorkerSnapshot};
+use super::{BackendSnapshot, Counters, ServerSnapshot, TlsCounters, WorkerSnapshot};
 use crate::config::Config;
 use crate::http::errors::Reject;
 use crate::stats::LoopStats;
@@ -32,6 +32,13 @@ fn counters_of(s: &LoopStats) -> Counters {
             .iter()
             .map(|r| (r.name(), r.status(), s.rejects[*r as usize].load(Relaxed)))
             .collect(),
+        tls: TlsCounters {
+            connections_current: s.tls_connections_current.load(Relaxed),
+            handshakes_full: s.tls_handshakes_full.load(Relaxed),
+            handshakes_resumed: s.tls_handshakes_resumed.load(Relaxed),
+            failures: std::array::from_fn(|i| s.tls_handshake_failures[i].load(Relaxed)),
+            handshake_seconds: s.tls_handshake_seconds.snapshot(),
+        },
     }
 }
 
@@ -51,6 +58,7 @@ fn add(total: &mut Counters, c: &Counters) {
     total.slow_response_readers += c.slow_response_readers;
     total.accept_failures += c.accept_failures;
     total.access_log_dropped += c.access_log_dropped;
+    total.tls.add(&c.tls);
     if total.errors.is_empty() {
         total.errors = c.errors.clone();
     } else {

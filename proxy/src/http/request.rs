@@ -491,14 +491,15 @@ fn parse_content_length(value: &[u8]) -> Option<u64> {
 }
 
 /// Writes the head sent to the backend: hop-by-hop headers dropped,
-/// X-Forwarded-For appended, X-Forwarded-Proto and Via added. Returns false
-/// when it does not fit in `out`.
+/// X-Forwarded-For appended, X-Forwarded-Proto (`https` when the client
+/// spoke TLS to us) and Via added. Returns false when it does not fit in `out`.
 pub fn write_upstream_head(
     buf: &[u8],
     head: &RequestHead,
     out: &mut Buf,
     client_ip: IpAddr,
     fallback_host: &str,
+    https: bool,
 ) -> bool {
     let mut w = Writer { out, ok: true };
     // The request line goes out as it came when it already is origin-form
@@ -575,7 +576,11 @@ pub fn write_upstream_head(
         w.put(b", ");
     }
     put_ip(&mut w, client_ip);
-    w.put(b"\r\nX-Forwarded-Proto: http\r\nVia: 1.1 speedmimi\r\n");
+    w.put(if https {
+        b"\r\nX-Forwarded-Proto: https\r\nVia: 1.1 speedmimi\r\n"
+    } else {
+        b"\r\nX-Forwarded-Proto: http\r\nVia: 1.1 speedmimi\r\n"
+    });
     match head.framing {
         // Transfer-Encoding is hop-by-hop: the body goes on re-encoded
         // chunked, so this hop says so again.
@@ -746,7 +751,8 @@ mod tests {
             &head,
             &mut out,
             "10.0.0.9".parse().unwrap(),
-            "backend"
+            "backend",
+            false
         ));
         let text = std::str::from_utf8(out.data()).unwrap();
         assert_eq!(

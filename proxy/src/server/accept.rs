@@ -17,6 +17,7 @@ use mio::{Interest, Token};
 
 use super::conn::{ClientConn, Entry, Phase};
 use super::event_loop::{EventLoop, LINGER, LISTENER};
+use super::tls_io::ClientTls;
 use crate::http::errors::Reject;
 use crate::stats::LoopStats;
 
@@ -202,18 +203,42 @@ impl EventLoop {
             self.release_slot(refused);
             return;
         }
-        let header_timeout = self.routing.config.server.header_timeout;
+        let server = &self.routing.config.server;
+        let (first_timeout, tls) = match &server.tls {
+            // Past max_conn a TLS client cannot read a plaintext 503: closed.
+            Some(_) if refused => {
+                self.release_slot(refused);
+                return;
+            }
+            Some(t) => match ClientTls::new(&t.rustls, self.now) {
+                Ok(tls) => (t.handshake_timeout, Some(Box::new(tls))),
+                Err(_) => {
+                    self.release_slot(refused);
+                    return;
+                }
+            },
+            None => (server.header_timeout, None),
+        };
+        if tls.is_some() {
+            self.stats.tls_connections_current.fetch_add(1, Relaxed);
+        }
+        let phase = match (refused, tls.is_some()) {
+            (true, _) => Phase::Closing,
+            (false, true) => Phase::Handshake,
+            (false, false) => Phase::Head,
+        };
         entry.insert(Entry::Client(ClientConn {
             stream,
             gen,
             deadline: 0,
             timer_tick: 0,
             ready: 0,
-            phase: if refused { Phase::Closing } else { Phase::Head },
+            phase,
             peer: peer.ip(),
             counted: !refused,
             deferred: false,
             ex: None,
+            tls,
         }));
         if refused {
             // Past max_conn: answer 503 and close, never leave it hanging.
@@ -226,7 +251,7 @@ impl EventLoop {
             self.client_mut(key).ex = Some(ex);
             self.set_deadline(key, LINGER);
         } else {
-            self.set_deadline(key, header_timeout);
+            self.set_deadline(key, first_timeout);
         }
     }
 

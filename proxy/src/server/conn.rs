@@ -25,6 +25,8 @@ pub(super) const HUP: u8 = 4;
 /// Where a client connection is in its life (decides its timeout).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Phase {
+    /// A TLS handshake is under way: server.tls.handshake_timeout.
+    Handshake,
     /// Between requests, no buffer held: idle_timeout.
     Idle,
     /// A request head is arriving: header_timeout from its first byte.
@@ -52,6 +54,26 @@ pub(super) struct ClientConn {
     /// In the loop's queue of slow heads (`event_loop::SLOW_HEAD`).
     pub deferred: bool,
     pub ex: Option<Box<Exchange>>,
+    /// The TLS session, on a TLS listener.
+    pub tls: Option<Box<super::tls_io::ClientTls>>,
+}
+
+impl ClientConn {
+    /// One read of plaintext: recv(2), or through TLS.
+    pub fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self.tls.as_deref_mut() {
+            None => super::sockio::recv(&self.stream, buf),
+            Some(tls) => tls.recv(&mut self.stream, buf, &mut self.ready),
+        }
+    }
+
+    /// One write of plaintext, `head` then `body`.
+    pub fn send(&mut self, head: &[u8], body: &[u8]) -> std::io::Result<usize> {
+        match self.tls.as_deref_mut() {
+            None => super::sockio::send_two(&mut self.stream, head, body),
+            Some(tls) => tls.send(&mut self.stream, head, body),
+        }
+    }
 }
 
 pub(super) struct UpstreamConn {

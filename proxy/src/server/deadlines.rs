@@ -118,13 +118,21 @@ impl EventLoop {
     pub(super) fn client_timeout(&mut self, ck: usize) {
         let c = self.client_mut(ck);
         let phase = c.phase;
+        if phase == Phase::Handshake {
+            if let Some(tls) = c.tls.as_deref_mut() {
+                tls.failure = Some(crate::tls::HandshakeFailure::Timeout);
+            }
+            let ex = c.ex.take();
+            self.close_client(ck, ex);
+            return;
+        }
         let Some(mut ex) = c.ex.take() else {
             // Idle, or a new connection that never sent a byte.
             self.close_client(ck, None);
             return;
         };
         let step = match phase {
-            Phase::Idle | Phase::Closing => Step::Close,
+            Phase::Idle | Phase::Closing | Phase::Handshake => Step::Close,
             Phase::Queued => {
                 LoopStats::add(&self.stats.queue_timeouts, 1);
                 self.reject(ck, &mut ex, Reject::Unavailable)

@@ -450,6 +450,9 @@ impl EventLoop {
         if let Some(Entry::Client(mut c)) = self.slab.try_remove(key) {
             // No EPOLL_CTL_DEL: closing the socket (never shared) leaves
             // epoll by itself, one syscall per connection fewer.
+            if let Some(tls) = c.tls.take() {
+                self.tls_closed(&tls);
+            }
             drop(c.stream);
             if let Some(ex) = c.ex.take() {
                 self.recycle_exchange(ex);

@@ -21,6 +21,7 @@ mod exchange;
 mod min_rate;
 mod request;
 mod response;
+mod tls_io;
 mod tunnel;
 
 use std::io;
@@ -84,6 +85,8 @@ impl Server {
         inherited: Vec<std::net::TcpListener>,
     ) -> io::Result<Arc<Server>> {
         let workers = config.server.workers.clamp(1, MAX_LOOPS);
+        // Every loop and worker process seals tickets with the board's keys.
+        crate::tls::tickets::attach(&board.tls_tickets);
         let config = Arc::new(config);
         let listeners = listener::listeners_for(config.server.listen, workers, inherited)?;
         let local_addr = listeners[0].local_addr()?;

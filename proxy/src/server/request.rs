@@ -9,7 +9,6 @@ use super::conn::{Entry, Exchange, Phase, HUP, MAX_TRIED, READABLE};
 use super::drive::Step;
 use super::event_loop::EventLoop;
 use super::min_rate::RateCredit;
-use super::sockio;
 use crate::http::body::BodyScan;
 use crate::http::errors::Reject;
 use crate::http::request::{parse_request_into, write_upstream_head, Method, RequestHead};
@@ -38,7 +37,13 @@ impl EventLoop {
         }
         let spare = buf.spare();
         let want = spare.len();
-        match sockio::recv(&c.stream, spare) {
+        let result = c.recv(spare);
+        let established =
+            c.phase == Phase::Handshake && c.tls.as_ref().is_some_and(|t| !t.is_handshaking());
+        if established {
+            c.phase = Phase::Head;
+        }
+        let step = match result {
             Ok(0) => {
                 c.ready &= !READABLE;
                 ex.client_eof = true;
@@ -74,7 +79,12 @@ impl EventLoop {
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Step::Progress,
             Err(_) => Step::Close,
+        };
+        if established && step != Step::Close {
+            self.tls_established(ck);
+            return Step::Progress;
         }
+        step
     }
 
     /// Parses the next request head when none is in flight.
@@ -167,9 +177,10 @@ impl EventLoop {
         // The head grows by the forwarding headers (and a Host for HTTP/1.0).
         let mut out = self.bufs.get_for(head.head_len + 512);
         let data = ex.inbuf.as_ref().expect("head parsed from inbuf").data();
-        let peer = self.client_mut(ck).peer;
+        let c = self.client_mut(ck);
+        let (peer, https) = (c.peer, c.tls.is_some());
         let fallback_host = &self.routing.backend_hosts[ex.upstream][ex.backend];
-        let fits = write_upstream_head(data, head, &mut out, peer, fallback_host);
+        let fits = write_upstream_head(data, head, &mut out, peer, fallback_host, https);
         ex.req_head = Some(out);
         ex.req_head_sent = 0;
         if !fits {

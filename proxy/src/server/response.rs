@@ -9,7 +9,6 @@ use std::io;
 use super::conn::{Entry, Exchange, Phase, READABLE, WRITABLE};
 use super::drive::Step;
 use super::event_loop::{EventLoop, LINGER};
-use super::sockio;
 use super::tunnel;
 use crate::http::errors::Reject;
 use crate::stats::LoopStats;
@@ -47,6 +46,22 @@ impl EventLoop {
         if c.ready & WRITABLE == 0 {
             return Step::Blocked;
         }
+        if let Some(tls) = c.tls.as_deref_mut() {
+            // Ciphertext left from the last write (or the handshake) first.
+            if tls.pending() {
+                match tls.flush(&mut c.stream) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        c.ready &= !WRITABLE;
+                        return Step::Blocked;
+                    }
+                    Err(_) => return Step::Close,
+                }
+                if !ex.pending_to_client() {
+                    return Step::Progress;
+                }
+            }
+        }
         join_small_body(ex);
         let head = ex.resp_head.as_ref().map_or(&[][..], |b| b.data());
         let body_len = ex.resp_body.as_ref().map_or(0, |b| b.pending());
@@ -58,7 +73,7 @@ impl EventLoop {
         if total == 0 {
             return Step::Blocked;
         }
-        match sockio::send_two(&mut c.stream, head, body) {
+        match c.send(head, body) {
             Ok(n) => {
                 let from_head = n.min(head.len());
                 let from_body = n - from_head;
@@ -173,8 +188,8 @@ impl EventLoop {
         let Some(log) = self.log.as_mut() else {
             return;
         };
-        let client = match self.slab.get(ck) {
-            Some(Entry::Client(c)) => c.peer,
+        let (client, tls) = match self.slab.get(ck) {
+            Some(Entry::Client(c)) => (c.peer, c.tls.as_ref().map(|t| t.negotiated())),
             _ => return,
         };
         let line = &ex.req_line;
@@ -202,6 +217,7 @@ impl EventLoop {
                 backend,
                 bytes_out: ex.resp_body.as_ref().map_or(0, |b| b.forwarded),
                 duration: self.now.saturating_duration_since(ex.started),
+                tls,
             },
         );
         ex.req_line.clear();
@@ -225,6 +241,18 @@ impl EventLoop {
         let c = self.client_mut(ck);
         if c.phase != Phase::Closing || ex.pending_to_client() {
             return Step::Blocked;
+        }
+        if let Some(tls) = c.tls.as_deref_mut().filter(|_| !ex.shut) {
+            // close_notify before our FIN, so the client tells a complete
+            // answer from a cut one.
+            match tls.close(&mut c.stream) {
+                Ok(true) => {}
+                Ok(false) => {
+                    c.ready &= !WRITABLE;
+                    return Step::Blocked;
+                }
+                Err(_) => return Step::Close,
+            }
         }
         if !ex.shut {
             // Nothing unread (the last read drained the socket, no readiness
