@@ -116,8 +116,8 @@ def loadgen_run(lg, url, ca, conns, extra):
                 tls=d.get("tls", {}))
 
 
-def wrk_run(url, conns, extra):
-    out, cpu, wall = measure(["wrk", "-t1", f"-c{conns}", "-d6s", *extra, url])
+def wrk_run(url, conns, extra, duration="-d6s"):
+    out, cpu, wall = measure(["wrk", "-t1", f"-c{conns}", duration, *extra, url])
     n = int(re.search(r"(\d+) requests in", out).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)

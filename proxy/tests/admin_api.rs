@@ -89,6 +89,7 @@ fn counters(scale: u64) -> Counters {
         accept_failures: 0,
         access_log_dropped: 0,
         errors: vec![("bad_request", 400, 2 * scale), ("bad_gateway", 502, scale)],
+        tls: Default::default(),
     }
 }
 
