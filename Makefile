@@ -123,6 +123,7 @@ bench-upgrade: build
 ROUNDS ?= 3
 bench-tls: build
 	LOADGEN=$(LOADGEN) ci/bench_tls.py --rounds $(ROUNDS)
+	SPEEDMIMI=$(RELEASE)/speedmimi LOADGEN=$(LOADGEN) ci/bench_tls_proxies.py --rounds $(ROUNDS)
 
 # Soak (ci/soak.py): keep-alive and new-connection load, slow clients, a
 # reload every minute, a backend restart every 3 minutes, for DURATION seconds
