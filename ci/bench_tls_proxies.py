@@ -21,8 +21,9 @@ the proxy's CPU (utime + stime of its processes from /proc) per unit:
 Bars (the issue's): keep-alive CPU per request <= x0.85 nginx, full
 handshakes/s >= x1.0 nginx, idle TLS memory <= x0.5 nginx. Prints a table
 and writes results/bench-tls-proxies.txt (JSON beside it).
-Usage: ci/bench_tls_proxies.py [--rounds 3] [--secs 6]
-       (env SPEEDMIMI=..., LOADGEN=... name the binaries)
+Usage: ci/bench_tls_proxies.py [--rounds 3] [--secs 6] [--proxies LIST]
+       (env SPEEDMIMI=..., LOADGEN=... name the binaries; --proxies
+       a=/path/speedmimi,b=/other/speedmimi compares two builds, A B A B)
 """
 
 import argparse
@@ -84,9 +85,10 @@ http {{
     return p
 
 
-def start_proxy(name, d, port, backend, binary):
+def start_proxy(name, d, port, backend, binaries):
     cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
-    if name == "speedmimi":
+    if name in binaries:
+        binary = binaries[name]
         conf = os.path.join(d, "speedmimi.yaml")
         with open(conf, "w") as f:
             f.write(f"""server:
@@ -246,12 +248,20 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--secs", type=int, default=6)
+    ap.add_argument("--proxies", default=",".join(PROXIES))
     a = ap.parse_args()
     for tool in ("nginx", "haproxy", "wrk", "openssl"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} not found: apt-get install nginx haproxy wrk openssl")
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-    sm = os.environ.get("SPEEDMIMI") or os.path.join(target, "release", "speedmimi")
+    binaries = {"speedmimi": os.environ.get("SPEEDMIMI")
+                or os.path.join(target, "release", "speedmimi")}
+    proxies = []
+    for item in a.proxies.split(","):
+        name, _, path = item.partition("=")
+        if path:
+            binaries[name] = path
+        proxies.append(name)
     lg = os.environ.get("LOADGEN") or os.path.join(target, "release", "loadgen")
     work = tempfile.mkdtemp(prefix="bench-tls-proxies.")
     make_certs(work)
@@ -268,9 +278,9 @@ def main():
               f"{per:>7.1f} us proxy CPU each  errors {r['errors']}", flush=True)
 
     def with_each(fn):
-        for name in PROXIES:
+        for name in proxies:
             port = free_port()
-            proxy = start_proxy(name, work, port, backend_port, sm)
+            proxy = start_proxy(name, work, port, backend_port, binaries)
             try:
                 fn(name, proxy, f"https://127.0.0.1:{port}/")
             finally:
@@ -323,53 +333,57 @@ def main():
                     cpu_us=med([r["proxy_cpu"] / max(r["requests"], 1) * 1e6 for r in rs]),
                     errors=sum(r["errors"] for r in rs))
 
-    out = [f"TLS termination: speedmimi, nginx and HAProxy (1 worker each, ECDSA P-256, "
-           f"plaintext nginx backend), {machine()}, {a.rounds} interleaved rounds of "
-           f"{a.secs} s, medians; CPU is the proxy's", "",
-           f"{'figure':<34} {'speedmimi':>10} {'nginx':>10} {'haproxy':>10} {'sm/nginx':>9}"
-           f" {'sm/haproxy':>10}  errors"]
+    out = [f"TLS termination: {', '.join(proxies)} (1 worker each, ECDSA P-256, plaintext nginx "
+           f"backend), {machine()}, {a.rounds} interleaved rounds of {a.secs} s, medians; "
+           "CPU is the proxy's", ""]
+    first, others = proxies[0], proxies[1:]
+    header = f"{'figure':<36}" + "".join(f"{n:>11}" for n in proxies)
+    header += "".join(f"{first[:6] + '/' + n[:7]:>16}" for n in others)
+    out.append(header + "  errors")
     result = dict(rounds=a.rounds, secs=a.secs, machine=machine(), figures={}, held=held)
     for what, label in (("full-hs", "full handshakes/s (wrk, c=20)"),
                         ("resumed-hs", "resumed handshakes/s (loadgen, c=20)"),
                         ("keepalive c=100", "keep-alive HTTPS req/s, c=100"),
                         ("keepalive c=5000", "keep-alive HTTPS req/s, c=5000")):
-        s = {n: summary(what, n) for n in PROXIES}
-        errs = ", ".join(str(s[n]["errors"]) for n in PROXIES)
+        s = {n: summary(what, n) for n in proxies}
+        errs = ", ".join(str(s[n]["errors"]) for n in proxies)
         for unit, text in (("rps", label), ("cpu_us", "  proxy CPU us each")):
-            v = [s[n][unit] for n in PROXIES]
-            out.append(f"{text:<34} {v[0]:>10.1f} {v[1]:>10.1f} {v[2]:>10.1f} "
-                       f"{'x%.2f' % (v[0] / v[1]):>9} {'x%.2f' % (v[0] / v[2]):>10}"
-                       f"  {errs if unit == 'rps' else ''}")
+            v = {n: s[n][unit] for n in proxies}
+            line = f"{text:<36}" + "".join(f"{v[n]:>11.1f}" for n in proxies)
+            line += "".join(f"{'x%.2f' % (v[first] / v[n]):>16}" for n in others)
+            out.append(line + (f"  {errs}" if unit == "rps" else ""))
         result["figures"][what] = s
-    b = [held[n]["bytes_per_conn"] for n in PROXIES]
-    out.append(f"{'memory per idle TLS conn (bytes)':<34} {b[0]:>10.0f} {b[1]:>10.0f} "
-               f"{b[2]:>10.0f} {'x%.2f' % (b[0] / b[1]):>9} {'x%.2f' % (b[0] / b[2]):>10}  "
-               + ", ".join(f"{held[n]['open']} open" for n in PROXIES))
+    b = {n: held[n]["bytes_per_conn"] for n in proxies}
+    line = f"{'memory per idle TLS conn (bytes)':<36}" + "".join(f"{b[n]:>11.0f}" for n in proxies)
+    line += "".join(f"{'x%.2f' % (b[first] / b[n]):>16}" for n in others)
+    out.append(line + "  " + ", ".join(f"{held[n]['open']} open" for n in proxies))
     f = result["figures"]
-    bars = [
-        ("keep-alive CPU/request <= x0.85 nginx (c=100)",
-         f["keepalive c=100"]["speedmimi"]["cpu_us"] / f["keepalive c=100"]["nginx"]["cpu_us"],
-         lambda r: r <= 0.85),
-        ("keep-alive CPU/request <= x0.85 nginx (c=5000)",
-         f["keepalive c=5000"]["speedmimi"]["cpu_us"] / f["keepalive c=5000"]["nginx"]["cpu_us"],
-         lambda r: r <= 0.85),
-        ("full handshakes/s >= x1.0 nginx",
-         f["full-hs"]["speedmimi"]["rps"] / f["full-hs"]["nginx"]["rps"], lambda r: r >= 1.0),
-        ("idle TLS memory <= x0.5 nginx", b[0] / b[1], lambda r: r <= 0.5),
-    ]
-    out.append("")
-    for text, ratio, ok in bars:
-        out.append(f"bar: {text:<48} x{ratio:.2f}  {'met' if ok(ratio) else 'MISSED'}")
-    result["bars"] = {text: dict(ratio=ratio, met=ok(ratio)) for text, ratio, ok in bars}
+    bars = []
+    if "speedmimi" in proxies and "nginx" in proxies:
+        def ratio(what, unit):
+            return f[what]["speedmimi"][unit] / f[what]["nginx"][unit]
+        bars = [
+            ("keep-alive CPU/request <= x0.85 nginx (c=100)", ratio("keepalive c=100", "cpu_us"),
+             lambda r: r <= 0.85),
+            ("keep-alive CPU/request <= x0.85 nginx (c=5000)", ratio("keepalive c=5000", "cpu_us"),
+             lambda r: r <= 0.85),
+            ("full handshakes/s >= x1.0 nginx", ratio("full-hs", "rps"), lambda r: r >= 1.0),
+            ("idle TLS memory <= x0.5 nginx", b["speedmimi"] / b["nginx"], lambda r: r <= 0.5),
+        ]
+        out.append("")
+    for text, r, ok in bars:
+        out.append(f"bar: {text:<48} x{r:.2f}  {'met' if ok(r) else 'MISSED'}")
+    result["bars"] = {text: dict(ratio=r, met=ok(r)) for text, r, ok in bars}
     errors = sum(r["errors"] for rs in rows.values() for r in rs)
     errors += sum(h["errors"] for h in held.values())
     out.append(f"errors over all runs: {errors}")
     text = "\n".join(out) + "\n"
     print("\n" + text)
     os.makedirs(os.path.join(ROOT, "results"), exist_ok=True)
-    with open(os.path.join(ROOT, "results", "bench-tls-proxies.txt"), "w") as fh:
+    name = "bench-tls-proxies" if bars else "bench-tls-compare"
+    with open(os.path.join(ROOT, "results", f"{name}.txt"), "w") as fh:
         fh.write(text)
-    with open(os.path.join(ROOT, "results", "bench-tls-proxies.json"), "w") as fh:
+    with open(os.path.join(ROOT, "results", f"{name}.json"), "w") as fh:
         json.dump(result, fh, indent=1)
 
 

@@ -82,7 +82,10 @@ impl Pki {
     }
 
     /// A client that trusts this CA only, for one TLS version or both.
-    fn client(&self, version: Option<&'static rustls::SupportedProtocolVersion>) -> Arc<ClientConfig> {
+    fn client(
+        &self,
+        version: Option<&'static rustls::SupportedProtocolVersion>,
+    ) -> Arc<ClientConfig> {
         let versions = match version {
             Some(v) => vec![v],
             None => vec![&rustls::version::TLS13, &rustls::version::TLS12],
@@ -304,10 +307,8 @@ fn large_bodies_cross_tls_both_ways_intact() {
     // An upload of 3 MB in the harness's pattern, checked by the backend.
     let len: u64 = 3 << 20;
     let body: Vec<u8> = (0..len).map(common::pattern_byte).collect();
-    c.send(
-        format!("POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {len}\r\n\r\n").as_bytes(),
-    )
-    .unwrap();
+    c.send(format!("POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {len}\r\n\r\n").as_bytes())
+        .unwrap();
     c.send(&body).unwrap();
     let a = c.read_answer().unwrap();
     assert_eq!(
@@ -324,7 +325,10 @@ fn large_bodies_cross_tls_both_ways_intact() {
     assert_eq!(a.status, 200);
     assert_eq!(a.body.len() as u64, len);
     assert!(
-        a.body.iter().enumerate().all(|(i, &b)| b == common::pattern_byte(i as u64)),
+        a.body
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == common::pattern_byte(i as u64)),
         "the body came through intact"
     );
     // The connection still serves after it.
@@ -345,7 +349,11 @@ fn sni_picks_the_certificate_and_an_unknown_name_gets_the_first() {
     assert_eq!(shown("a.test"), first.der);
     assert_eq!(shown("A.TEST"), first.der, "names compare without case");
     assert_eq!(shown("x.b.test"), wild.der);
-    assert_eq!(shown("y.x.b.test"), first.der, "a wildcard covers one label");
+    assert_eq!(
+        shown("y.x.b.test"),
+        first.der,
+        "a wildcard covers one label"
+    );
     assert_eq!(shown("b.test"), first.der);
     assert_eq!(shown("unknown.example"), first.der);
     // And the one chosen verifies for its name against the CA.
@@ -365,12 +373,14 @@ fn a_handshake_that_stalls_is_closed_at_handshake_timeout_and_counted() {
     // Silent, and a ClientHello cut short: both are closed by the proxy.
     let mut silent = TcpStream::connect(proxy.addr).unwrap();
     let mut partial = TcpStream::connect(proxy.addr).unwrap();
-    partial.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).unwrap();
+    partial
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .unwrap();
     for s in [&mut silent, &mut partial] {
         s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         let mut buf = [0u8; 64];
-        let closed = matches!(s.read(&mut buf), Ok(0))
-            || matches!(s.read(&mut buf), Ok(0) | Err(_));
+        let closed =
+            matches!(s.read(&mut buf), Ok(0)) || matches!(s.read(&mut buf), Ok(0) | Err(_));
         assert!(closed, "the proxy closed the stalled handshake");
     }
     wait_until("both timeouts counted", || {
@@ -457,7 +467,10 @@ fn session_tickets_off_gives_full_handshakes() {
     let proxy = Proxy::start(&yaml);
     connections_resume(&proxy, &pki.client(Some(&rustls::version::TLS13)), 4);
     assert_eq!(tls_metric(&proxy, "handshakes_total{kind=\"full\"}"), 4.0);
-    assert_eq!(tls_metric(&proxy, "handshakes_total{kind=\"resumed\"}"), 0.0);
+    assert_eq!(
+        tls_metric(&proxy, "handshakes_total{kind=\"resumed\"}"),
+        0.0
+    );
 }
 
 #[test]
@@ -468,13 +481,21 @@ fn versions_limit_what_the_listener_speaks() {
     let yaml = tls_yaml(backend.addr, &[&leaf], "")
         .replace("  tls:\n", "  tls:\n    versions: [\"1.3\"]\n");
     let proxy = Proxy::start(&yaml);
-    assert!(TlsClient::connect(proxy.addr, &pki.client(Some(&rustls::version::TLS12)), "localhost").is_err());
+    assert!(TlsClient::connect(
+        proxy.addr,
+        &pki.client(Some(&rustls::version::TLS12)),
+        "localhost"
+    )
+    .is_err());
     wait_until("counted as incompatible", || {
         tls_metric(&proxy, "handshake_failures_total{reason=\"incompatible\"}") == 1.0
     });
-    let mut c =
-        TlsClient::connect(proxy.addr, &pki.client(Some(&rustls::version::TLS13)), "localhost")
-            .unwrap();
+    let mut c = TlsClient::connect(
+        proxy.addr,
+        &pki.client(Some(&rustls::version::TLS13)),
+        "localhost",
+    )
+    .unwrap();
     assert_eq!(c.get("/").unwrap().status, 200);
 }
 
@@ -489,10 +510,30 @@ fn check_names_the_field_and_the_file_of_a_bad_certificate_or_key() {
     let missing = pki.path("missing.pem");
     let cases = [
         (good.cert.clone(), good.key.clone(), None, ""),
-        (missing.clone(), good.key.clone(), Some("server.tls.certificates[0].cert"), missing.as_str()),
-        (not_pem.clone(), good.key.clone(), Some("server.tls.certificates[0].cert"), "no certificate"),
-        (good.cert.clone(), not_pem.clone(), Some("server.tls.certificates[0].key"), not_pem.as_str()),
-        (good.cert.clone(), other.key.clone(), Some("server.tls.certificates[0].key"), "does not belong"),
+        (
+            missing.clone(),
+            good.key.clone(),
+            Some("server.tls.certificates[0].cert"),
+            missing.as_str(),
+        ),
+        (
+            not_pem.clone(),
+            good.key.clone(),
+            Some("server.tls.certificates[0].cert"),
+            "no certificate",
+        ),
+        (
+            good.cert.clone(),
+            not_pem.clone(),
+            Some("server.tls.certificates[0].key"),
+            not_pem.as_str(),
+        ),
+        (
+            good.cert.clone(),
+            other.key.clone(),
+            Some("server.tls.certificates[0].key"),
+            "does not belong",
+        ),
     ];
     for (cert, key, field, words) in cases {
         let leaf = Leaf {
@@ -510,10 +551,11 @@ fn check_names_the_field_and_the_file_of_a_bad_certificate_or_key() {
             }
         }
     }
-    let (ok, out) = check(&Cfg::new(&[backend]).yaml().replace(
-        "admin:\n",
-        "  tls:\n    certificates: []\nadmin:\n",
-    ));
+    let (ok, out) = check(
+        &Cfg::new(&[backend])
+            .yaml()
+            .replace("admin:\n", "  tls:\n    certificates: []\nadmin:\n"),
+    );
     assert!(!ok && out.contains("server.tls.certificates"), "{out}");
 }
 
@@ -560,7 +602,11 @@ fn certificates_reload_on_sighup_and_put_without_dropping_a_connection() {
         admin.put("/api/v1/config", &raw.to_string())
     };
     assert_eq!(put_bad.status, 400, "{}", put_bad.body);
-    assert!(put_bad.body.contains("server.tls.certificates[0].key"), "{}", put_bad.body);
+    assert!(
+        put_bad.body.contains("server.tls.certificates[0].key"),
+        "{}",
+        put_bad.body
+    );
     assert_eq!(shown(), b.der);
 
     // PUT with C: applied at once.
@@ -570,6 +616,10 @@ fn certificates_reload_on_sighup_and_put_without_dropping_a_connection() {
     assert_eq!(put.status, 200, "{}", put.body);
     wait_until("new handshakes use C", || shown() == c_leaf.der);
     assert_eq!(kept.get("/3").unwrap().status, 200);
-    assert_eq!(kept.peer_leaf(), a.der, "the kept connection is the first one");
+    assert_eq!(
+        kept.peer_leaf(),
+        a.der,
+        "the kept connection is the first one"
+    );
     assert!(Path::new(&a.cert).exists());
 }

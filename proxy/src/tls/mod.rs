@@ -98,7 +98,7 @@ impl TlsConfig {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         config.session_storage = session_cache();
         if session_tickets {
-            config.ticketer = tickets::SharedTicketer::new();
+            config.ticketer = tickets::SharedTicketer::shared();
         } else {
             // No tickets of either kind: 1.3 would otherwise hand out
             // stateful ones from the cache.

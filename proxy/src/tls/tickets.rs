@@ -66,7 +66,7 @@ impl TicketKeys {
         }
         let slot = &self.slots[(period % 2) as usize];
         let mark = slot.period.load(Ordering::Acquire);
-        if mark == WRITING || mark >= period + 1 {
+        if mark == WRITING || mark > period {
             return None;
         }
         slot.period
@@ -106,7 +106,7 @@ fn now_period() -> u64 {
 pub struct SharedTicketer;
 
 impl SharedTicketer {
-    pub fn new() -> Arc<dyn ProducesTickets> {
+    pub fn shared() -> Arc<dyn ProducesTickets> {
         Arc::new(SharedTicketer)
     }
 }
