@@ -45,6 +45,11 @@ pub struct LoopStats {
     pub tls_connections_current: AtomicI64,
     /// From accept to the handshake's end.
     pub tls_handshake_seconds: LatencyCounters,
+    /// TLS handshakes with backends: done in full, resumed, and failed by
+    /// reason (index: `UpstreamTlsFailure as usize`).
+    pub upstream_tls_full: AtomicU64,
+    pub upstream_tls_resumed: AtomicU64,
+    pub upstream_tls_failures: [AtomicU64; crate::tls::upstream::UpstreamTlsFailure::COUNT],
 }
 
 impl LoopStats {

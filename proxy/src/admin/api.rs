@@ -12,6 +12,7 @@ use super::State;
 use crate::config::{validate, RawBackend, RawConfig, REDACTED};
 use crate::control::active_health::{ActiveHealthSnapshot, Outcome};
 use crate::control::{BackendSnapshot, Counters, ServerSnapshot, WorkerSnapshot};
+use crate::tls::upstream::UpstreamTlsFailure;
 use crate::tls::HandshakeFailure;
 
 pub type Answer = Result<(StatusCode, Value), ApiError>;
@@ -157,6 +158,13 @@ fn counters_json(c: &Counters) -> Value {
                 .iter()
                 .map(|f| (f.label().to_string(), json!(c.tls.failures[*f as usize])))
                 .collect::<Map<String, Value>>(),
+            "upstream": {
+                "handshakes": { "full": c.tls.upstream_full, "resumed": c.tls.upstream_resumed },
+                "handshake_failures": UpstreamTlsFailure::ALL
+                    .iter()
+                    .map(|f| (f.label().to_string(), json!(c.tls.upstream_failures[*f as usize])))
+                    .collect::<Map<String, Value>>(),
+            },
         },
     })
 }
@@ -187,11 +195,14 @@ struct NewBackend {
     addr: String,
     #[serde(default)]
     weight: Option<u32>,
+    #[serde(default)]
+    tls: Option<crate::config::RawBackendTls>,
 }
 
 /// `POST /api/v1/upstreams/NAME/backends`: 201 with the upstream's backends.
 pub fn add_backend(state: &State, upstream: &str, body: &[u8]) -> Answer {
-    const SHAPE: &str = "send {\"addr\": \"IP:PORT\", \"weight\": N}";
+    const SHAPE: &str =
+        "send {\"addr\": \"IP:PORT\", \"weight\": N, \"tls\": {\"sni\": NAME, \"ca\": FILE}}";
     let doc: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}; {SHAPE}")))?;
     let new: NewBackend = serde_path_to_error::deserialize(doc).map_err(|e| {
@@ -216,6 +227,7 @@ pub fn add_backend(state: &State, upstream: &str, body: &[u8]) -> Answer {
     u.backends.push(RawBackend {
         addr: new.addr,
         weight: new.weight,
+        tls: new.tls,
     });
     let origin = format!("POST /api/v1/upstreams/{upstream}/backends");
     let config = validate(raw.clone(), &origin, None)?;

@@ -21,6 +21,7 @@ use crate::control::{
     BackendSnapshot, ControlPlane, Counters, Histogram, ServerSnapshot, TlsCounters,
     LATENCY_BUCKETS,
 };
+use crate::tls::upstream::UpstreamTlsFailure;
 use crate::tls::HandshakeFailure;
 
 /// The content type of what `render` returns.
@@ -251,6 +252,22 @@ fn tls_families(e: &mut DescriptorEncoder, t: &TlsCounters) -> Result<(), std::f
         "tls_handshake_seconds",
         "From accept to the end of the TLS handshake",
         [(Vec::new(), &t.handshake_seconds)],
+    )?;
+    family(
+        e,
+        "upstream_tls_handshakes",
+        "TLS handshakes with backends completed, full or resumed",
+        [("full", t.upstream_full), ("resumed", t.upstream_resumed)]
+            .map(|(kind, n)| (vec![("kind", kind.to_string())], counter(n))),
+    )?;
+    family(
+        e,
+        "upstream_tls_failures",
+        "TLS handshakes with backends that failed, by reason (the request got 502 or went to another backend)",
+        UpstreamTlsFailure::ALL.map(|f| {
+            let labels = vec![("reason", f.label().to_string())];
+            (labels, counter(t.upstream_failures[f as usize]))
+        }),
     )
 }
 

@@ -20,6 +20,7 @@ fn upstream_at(ports: &[u16], weights: &[u32]) -> UpstreamState {
             .map(|(&p, &weight)| BackendConfig {
                 addr: SocketAddr::from(([127, 0, 0, 1], 9000 + p)),
                 weight,
+                tls: None,
             })
             .collect(),
         keepalive: None,

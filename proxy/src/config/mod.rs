@@ -21,8 +21,8 @@ use std::time::Duration;
 
 pub use patch::REDACTED;
 pub use raw::{
-    AutoOrCount, ExpectStatus, RawAdmin, RawBackend, RawCertificate, RawConfig, RawHealthCheck,
-    RawMatch, RawRoute, RawServer, RawTls, RawUpstream, Size, Workers,
+    AutoOrCount, ExpectStatus, RawAdmin, RawBackend, RawBackendTls, RawCertificate, RawConfig,
+    RawHealthCheck, RawMatch, RawRoute, RawServer, RawTls, RawUpstream, Size, Workers,
 };
 pub use router::Router;
 pub use units::{format_duration, parse_duration};
@@ -135,6 +135,8 @@ pub struct HealthCheckConfig {
 pub struct BackendConfig {
     pub addr: SocketAddr,
     pub weight: u32,
+    /// TLS to the backend, when `tls` is given.
+    pub tls: Option<crate::tls::upstream::BackendTls>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -287,6 +289,11 @@ impl Config {
                         .map(|b| RawBackend {
                             addr: b.addr.to_string(),
                             weight: Some(b.weight),
+                            tls: b.tls.as_ref().map(|t| RawBackendTls {
+                                sni: Some(t.sni.clone()),
+                                ca: t.ca.as_ref().map(|p| p.display().to_string()),
+                                insecure: Some(t.insecure),
+                            }),
                         })
                         .collect(),
                     keepalive: Some(match u.keepalive {

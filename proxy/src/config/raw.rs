@@ -145,6 +145,23 @@ pub struct RawBackend {
     pub addr: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
+    /// Speak TLS to this backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RawBackendTls>,
+}
+
+/// `backends[i].tls`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackendTls {
+    /// Name sent and checked; the backend's IP address by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// PEM file of trusted roots; the system's by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

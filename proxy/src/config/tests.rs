@@ -55,11 +55,13 @@ fn good_file_gets_defaults() {
         vec![
             BackendConfig {
                 addr: "127.0.0.1:9000".parse().unwrap(),
-                weight: 5
+                weight: 5,
+                tls: None,
             },
             BackendConfig {
                 addr: "127.0.0.1:9001".parse().unwrap(),
-                weight: 1
+                weight: 1,
+                tls: None,
             },
         ]
     );

@@ -5,13 +5,15 @@
 
 use super::locate::Locator;
 use super::raw::{
-    AutoOrCount, ExpectStatus, RawAdmin, RawConfig, RawHealthCheck, RawTls, Size, Workers,
+    AutoOrCount, ExpectStatus, RawAdmin, RawBackendTls, RawConfig, RawHealthCheck, RawTls, Size,
+    Workers,
 };
 use super::units::{parse_duration, parse_size};
 use super::{
     AdminConfig, Algorithm, BackendConfig, Config, ConfigError, HealthCheckConfig, RouteConfig,
     RouteMatch, ServerConfig, UpstreamConfig,
 };
+use crate::tls::upstream::BackendTls;
 use crate::tls::{SniCerts, TlsConfig, Versions};
 use indexmap::IndexMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -385,6 +387,27 @@ impl Validator<'_> {
         })
     }
 
+    /// `backends[i].tls`: the CA file is read now, so a bad one is refused
+    /// with the configuration (and a reload keeps the running one).
+    fn backend_tls(
+        &self,
+        field: &str,
+        t: &RawBackendTls,
+        addr: SocketAddr,
+    ) -> Result<BackendTls, ConfigError> {
+        let sni = t.sni.clone().unwrap_or_else(|| addr.ip().to_string());
+        let insecure = t.insecure.unwrap_or(false);
+        if insecure && t.ca.is_some() {
+            return Err(self.err(
+                format!("{field}.insecure"),
+                "insecure: true accepts any certificate, so ca would be ignored; keep one",
+            ));
+        }
+        let ca = t.ca.as_ref().map(std::path::PathBuf::from);
+        BackendTls::build(sni, ca, insecure)
+            .map_err(|e| self.err(format!("{field}.{}", e.field), e.message))
+    }
+
     fn upstream(
         &self,
         field: &str,
@@ -435,7 +458,11 @@ impl Validator<'_> {
                     format!("weight {weight} is above {MAX_WEIGHT}; weights are relative, scale them down"),
                 ));
             }
-            backends.push(BackendConfig { addr, weight });
+            let tls = match &b.tls {
+                Some(t) => Some(self.backend_tls(&format!("{bfield}.tls"), t, addr)?),
+                None => None,
+            };
+            backends.push(BackendConfig { addr, weight, tls });
         }
         let retries = u.retries.unwrap_or(DEFAULT_RETRIES);
         if retries > MAX_RETRIES {

@@ -66,6 +66,11 @@ pub struct TlsCounters {
     pub failures: [u64; crate::tls::HandshakeFailure::COUNT],
     /// From accept to the handshake's end.
     pub handshake_seconds: Histogram,
+    /// Handshakes with backends (`backends[i].tls`), full and resumed.
+    pub upstream_full: u64,
+    pub upstream_resumed: u64,
+    /// By `tls::upstream::UpstreamTlsFailure as usize`.
+    pub upstream_failures: [u64; crate::tls::upstream::UpstreamTlsFailure::COUNT],
 }
 
 impl TlsCounters {
@@ -83,6 +88,15 @@ impl TlsCounters {
             *t += o;
         }
         h.sum_seconds += other.handshake_seconds.sum_seconds;
+        self.upstream_full += other.upstream_full;
+        self.upstream_resumed += other.upstream_resumed;
+        for (t, o) in self
+            .upstream_failures
+            .iter_mut()
+            .zip(other.upstream_failures)
+        {
+            *t += o;
+        }
     }
 }
 

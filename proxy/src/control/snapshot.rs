@@ -38,6 +38,9 @@ fn counters_of(s: &LoopStats) -> Counters {
             handshakes_resumed: s.tls_handshakes_resumed.load(Relaxed),
             failures: std::array::from_fn(|i| s.tls_handshake_failures[i].load(Relaxed)),
             handshake_seconds: s.tls_handshake_seconds.snapshot(),
+            upstream_full: s.upstream_tls_full.load(Relaxed),
+            upstream_resumed: s.upstream_tls_resumed.load(Relaxed),
+            upstream_failures: std::array::from_fn(|i| s.upstream_tls_failures[i].load(Relaxed)),
         },
     }
 }

@@ -90,6 +90,38 @@ pub(super) struct UpstreamConn {
     pub connect_started: Instant,
     /// Taken from the keep-alive pool for the current request.
     pub reused: bool,
+    /// The TLS session, to a backend with `tls`; the handshake runs after
+    /// the connect, under the same `connect_timeout`.
+    pub tls: Option<Box<super::tls_io::UpstreamTls>>,
+}
+
+impl UpstreamConn {
+    /// Connected, and the TLS handshake (if any) done: requests may go.
+    pub fn is_ready(&self) -> bool {
+        !self.connecting && self.tls.as_deref().is_none_or(|t| t.established)
+    }
+
+    /// One read of plaintext: recv(2), or through TLS.
+    pub fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self.tls.as_deref_mut() {
+            None => super::sockio::recv(&self.stream, buf),
+            Some(tls) => tls.recv(&mut self.stream, buf, &mut self.ready),
+        }
+    }
+
+    /// One write of plaintext, `head` then `body`; through TLS, ciphertext
+    /// left from an earlier write goes first.
+    pub fn send(&mut self, head: &[u8], body: &[u8]) -> std::io::Result<usize> {
+        match self.tls.as_deref_mut() {
+            None => super::sockio::send_two(&mut self.stream, head, body),
+            Some(tls) => tls.send(&mut self.stream, head, body),
+        }
+    }
+
+    /// Ciphertext waits for the socket.
+    pub fn tls_pending(&self) -> bool {
+        self.tls.as_deref().is_some_and(|t| t.pending())
+    }
 }
 
 pub(super) enum Entry {

@@ -59,7 +59,7 @@ impl EventLoop {
         let to_upstream = ex.req_head_unsent() > 0 || ex.req_body.pending() > 0;
         if ex.tunnel {
             Waiting::Tunnel
-        } else if upstream.is_some_and(|u| u.connecting) {
+        } else if upstream.is_some_and(|u| !u.is_ready()) {
             Waiting::Connect
         } else if ex.pending_to_client() && !client_writable {
             Waiting::ClientWrite
@@ -162,6 +162,9 @@ impl EventLoop {
                 }
                 _ if ex.resp_started => Step::Close,
                 Waiting::Connect => {
+                    if let Some(uk) = ex.upstream_key {
+                        self.upstream_handshake_timed_out(uk);
+                    }
                     self.upstream_failed(ck, &mut ex, UpstreamFailure::ConnectTimeout)
                 }
                 Waiting::UpstreamWrite | Waiting::UpstreamResponse => {

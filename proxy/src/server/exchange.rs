@@ -8,8 +8,8 @@ use std::io;
 use super::conn::{Entry, Exchange, HUP, READABLE, WRITABLE};
 use super::drive::Step;
 use super::event_loop::EventLoop;
-use super::sockio;
 use super::tunnel;
+use super::upstream_tls::Handshake;
 use crate::http::body::BodyScan;
 use crate::http::errors::Reject;
 use crate::http::response::parse_and_rewrite;
@@ -26,6 +26,9 @@ pub(super) enum UpstreamFailure {
     Timeout,
     /// An unparseable or unframeable response.
     Garbage,
+    /// The TLS handshake failed (a certificate refused, say): nothing was
+    /// sent, so another backend may take the request.
+    Tls,
 }
 
 impl EventLoop {
@@ -59,6 +62,13 @@ impl EventLoop {
                 }
             }
         }
+        match self.upstream_handshake(uk) {
+            Handshake::Ready => {}
+            Handshake::JustDone => progress = true,
+            Handshake::Waiting if progress => return Step::Progress,
+            Handshake::Waiting => return Step::Blocked,
+            Handshake::Failed => return self.upstream_failed(ck, ex, UpstreamFailure::Tls),
+        }
         // Request bytes: the head, then body bytes the framing vouches for.
         if let Some(inbuf) = ex.inbuf.as_mut() {
             if ex.req_body.scan(inbuf).is_err() {
@@ -76,8 +86,8 @@ impl EventLoop {
             let body_len = ex.req_body.pending();
             let body = ex.inbuf.as_ref().map_or(&[][..], |b| &b.data()[..body_len]);
             let total = head.len() + body.len();
-            if total > 0 {
-                match sockio::send_two(&mut up.stream, head, body) {
+            if total > 0 || up.tls_pending() {
+                match up.send(head, body) {
                     Ok(n) => {
                         let from_head = n.min(head.len());
                         ex.req_head_sent += from_head;
@@ -109,7 +119,7 @@ impl EventLoop {
             if buf.has_spare() {
                 let spare = buf.spare();
                 let want = spare.len();
-                match sockio::recv(&up.stream, spare) {
+                match up.recv(spare) {
                     Ok(0) => {
                         up.ready &= !READABLE;
                         ex.upstream_eof = true;
@@ -242,7 +252,9 @@ impl EventLoop {
             self.attempt_failed(ex, b);
         }
         let retry = match why {
-            UpstreamFailure::ConnectRefused | UpstreamFailure::ConnectTimeout => true,
+            UpstreamFailure::ConnectRefused
+            | UpstreamFailure::ConnectTimeout
+            | UpstreamFailure::Tls => true,
             UpstreamFailure::Closed => ex.idempotent && ex.req_body.forwarded == 0 && !got_bytes,
             UpstreamFailure::Timeout | UpstreamFailure::Garbage => false,
         };

@@ -23,6 +23,7 @@ mod request;
 mod response;
 mod tls_io;
 mod tunnel;
+mod upstream_tls;
 
 use std::io;
 use std::net::SocketAddr;

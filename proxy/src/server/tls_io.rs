@@ -172,7 +172,6 @@ impl Unbuffered for UnbufferedClientConnection {
 /// A client connection's TLS: the proxy is the server.
 pub(super) type ClientTls = TlsSession<UnbufferedServerConnection>;
 /// A backend connection's TLS: the proxy is the client.
-#[allow(dead_code)] // backends speak it in the next commit
 pub(super) type UpstreamTls = TlsSession<UnbufferedClientConnection>;
 
 /// rustls' unbuffered connection with buffers the loop owns, each freed
@@ -230,7 +229,6 @@ impl ClientTls {
     }
 }
 
-#[allow(dead_code)] // backends speak it in the next commit
 impl UpstreamTls {
     pub fn connect(
         config: &Arc<ClientConfig>,

@@ -6,6 +6,7 @@
 
 pub mod certs;
 pub mod tickets;
+pub mod upstream;
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};

@@ -308,6 +308,7 @@ mod tests {
                 .map(|i| BackendConfig {
                     addr: SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)),
                     weight: 1,
+                    tls: None,
                 })
                 .collect(),
             keepalive: None,

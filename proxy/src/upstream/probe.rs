@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::AbortHandle;
 use tokio::time::MissedTickBehavior;
@@ -20,6 +20,7 @@ use tokio::time::MissedTickBehavior;
 use crate::config::{Config, HealthCheckConfig};
 use crate::control::active_health::{ActiveHealth, Outcome, DOWN};
 use crate::control::board::Board;
+use crate::tls::upstream::BackendTls;
 
 /// Largest response head read from a probe; a longer one is malformed.
 const MAX_HEAD: usize = 8 * 1024;
@@ -27,8 +28,16 @@ const MAX_HEAD: usize = 8 * 1024;
 /// Which backend a probe task watches: upstream name and address.
 type Key = (String, SocketAddr);
 
-struct Task {
+/// What a probe task sends and how: a change to either restarts it.
+#[derive(Clone, PartialEq)]
+struct Probe {
     check: HealthCheckConfig,
+    /// The backend speaks TLS (`backends[i].tls`): so do its probes.
+    tls: Option<BackendTls>,
+}
+
+struct Task {
+    probe: Probe,
     handle: AbortHandle,
 }
 
@@ -77,11 +86,15 @@ impl Prober {
     }
 
     fn try_update(&self, config: &Config) -> io::Result<()> {
-        let mut wanted: HashMap<Key, HealthCheckConfig> = HashMap::new();
+        let mut wanted: HashMap<Key, Probe> = HashMap::new();
         for (name, u) in &config.upstreams {
             if let Some(check) = &u.health_check {
                 for b in &u.backends {
-                    wanted.insert((name.clone(), b.addr), check.clone());
+                    let probe = Probe {
+                        check: check.clone(),
+                        tls: b.tls.clone(),
+                    };
+                    wanted.insert((name.clone(), b.addr), probe);
                 }
             }
         }
@@ -143,14 +156,14 @@ impl Drop for Running {
 }
 
 impl Tasks {
-    fn apply(&mut self, wanted: HashMap<Key, HealthCheckConfig>) {
+    fn apply(&mut self, wanted: HashMap<Key, Probe>) {
         let board = self.board;
         let verdict = |key: &Key| -> &'static ActiveHealth {
             &board.backend(&key.0, &key.1.to_string()).active_health
         };
         let mut changed = Vec::new();
         self.running.retain(|key, task| match wanted.get(key) {
-            Some(check) if *check == task.check => true,
+            Some(probe) if *probe == task.probe => true,
             Some(_) => {
                 task.handle.abort();
                 changed.push(key.clone());
@@ -163,7 +176,7 @@ impl Tasks {
                 false
             }
         });
-        for (key, check) in wanted {
+        for (key, probe) in wanted {
             if self.running.contains_key(&key) {
                 continue;
             }
@@ -171,15 +184,16 @@ impl Tasks {
             if !changed.contains(&key) {
                 v.start();
             }
-            let handle = tokio::spawn(watch(key.clone(), check.clone(), v)).abort_handle();
-            self.running.insert(key, Task { check, handle });
+            let handle = tokio::spawn(watch(key.clone(), probe.clone(), v)).abort_handle();
+            self.running.insert(key, Task { probe, handle });
         }
     }
 }
 
 /// Probes one backend every `interval` for as long as the task lives.
-async fn watch(key: Key, check: HealthCheckConfig, verdict: &'static ActiveHealth) {
+async fn watch(key: Key, probe_of: Probe, verdict: &'static ActiveHealth) {
     let (upstream, addr) = key;
+    let Probe { check, tls } = probe_of;
     let host = check.host.clone().unwrap_or_else(|| addr.to_string());
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: speedmimi-health-check\r\n\
@@ -198,7 +212,7 @@ async fn watch(key: Key, check: HealthCheckConfig, verdict: &'static ActiveHealt
     loop {
         ticker.tick().await;
         let (outcome, status, why) =
-            match tokio::time::timeout(check.timeout, probe(addr, &request)).await {
+            match tokio::time::timeout(check.timeout, probe(addr, tls.as_ref(), &request)).await {
                 Err(_) => (
                     Outcome::Timeout,
                     0,
@@ -229,16 +243,36 @@ async fn watch(key: Key, check: HealthCheckConfig, verdict: &'static ActiveHealt
     }
 }
 
-/// One probe: connect, send the request, read the response head; the
-/// status code, or why there is none.
-async fn probe(addr: SocketAddr, request: &[u8]) -> Result<u16, (Outcome, String)> {
-    let mut stream = TcpStream::connect(addr)
+/// One probe: connect (and the TLS handshake, for a TLS backend), send
+/// the request, read the response head; the status code, or why there is none.
+async fn probe(
+    addr: SocketAddr,
+    tls: Option<&BackendTls>,
+    request: &[u8],
+) -> Result<u16, (Outcome, String)> {
+    let stream = TcpStream::connect(addr)
         .await
         .map_err(|e| (Outcome::ConnectFailed, format!("connect: {e}")))?;
     let _ = stream.set_nodelay(true);
     // Closed with a reset once the head is read: a probe every interval to
     // every backend would otherwise leave a TIME_WAIT socket per probe.
     let _ = stream.set_zero_linger();
+    let Some(tls) = tls else {
+        return exchange(stream, request).await;
+    };
+    let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
+    let stream = connector
+        .connect(tls.name.clone(), stream)
+        .await
+        .map_err(|e| (Outcome::ConnectFailed, format!("TLS handshake: {e}")))?;
+    exchange(stream, request).await
+}
+
+/// Sends the probe's request and reads the status of the response head.
+async fn exchange(
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    request: &[u8],
+) -> Result<u16, (Outcome, String)> {
     stream
         .write_all(request)
         .await
@@ -297,7 +331,11 @@ mod tests {
             .enable_io()
             .build()
             .unwrap();
-        runtime.block_on(probe(addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"))
+        runtime.block_on(probe(
+            addr,
+            None,
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+        ))
     }
 
     #[test]

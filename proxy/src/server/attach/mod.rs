@@ -13,6 +13,7 @@ use mio::{Interest, Token};
 
 use super::conn::{Entry, Exchange, UpstreamConn, MAX_TRIED, READABLE};
 use super::event_loop::EventLoop;
+use super::tls_io::UpstreamTls;
 use crate::balancer::{pick_or_fallback, PickContext};
 use crate::http::errors::Reject;
 use crate::stats::LoopStats;
@@ -138,8 +139,16 @@ impl EventLoop {
         backend: usize,
         client: usize,
     ) -> io::Result<usize> {
-        let addr = self.routing.upstream_cfg[upstream].backends[backend].addr;
-        let mut stream = mio::net::TcpStream::connect(addr)?;
+        let cfg = &self.routing.upstream_cfg[upstream].backends[backend];
+        let tls = match &cfg.tls {
+            Some(t) => Some(Box::new(UpstreamTls::connect(
+                &t.client,
+                t.name.clone(),
+                self.now,
+            )?)),
+            None => None,
+        };
+        let mut stream = mio::net::TcpStream::connect(cfg.addr)?;
         let _ = stream.set_nodelay(true);
         let gen = self.gen();
         let entry = self.slab.vacant_entry();
@@ -161,6 +170,7 @@ impl EventLoop {
             connecting: true,
             connect_started: self.now,
             reused: false,
+            tls,
         }));
         LoopStats::add(&self.stats.upstream_connects, 1);
         self.slots.opened(upstream, backend);
