@@ -163,6 +163,10 @@ pub struct StepSpec {
     /// `loadgen --tls-resume`: offer sessions for resumption; needs `tls: true`.
     #[serde(default)]
     pub tls_resume: bool,
+    /// `loadgen --tls-kx`: key exchange groups offered (e.g. `[x25519]`; default
+    /// rustls', which adds the costlier X25519MLKEM768 share); needs `tls: true`.
+    #[serde(default)]
+    pub tls_kx: Vec<String>,
     /// `loadgen --new-conn-per-request`: a connection (and, with `tls`, a
     /// handshake) per request, to measure handshakes/s.
     #[serde(default)]
@@ -273,6 +277,11 @@ impl Scenario {
             if s.tls_resume && !s.tls {
                 return Err(format!(
                     "steps[{i}].tls_resume: needs tls: true on the same step"
+                ));
+            }
+            if !s.tls_kx.is_empty() && !s.tls {
+                return Err(format!(
+                    "steps[{i}].tls_kx: needs tls: true on the same step"
                 ));
             }
             if s.new_conn_per_request && s.mode == StepMode::Hold {

@@ -90,6 +90,10 @@ fn args(spec: &StepSpec, defaults: &LoadDefaults, target: &Started, csv: &Path) 
         if spec.tls_resume {
             a.push("--tls-resume".into());
         }
+        if !spec.tls_kx.is_empty() {
+            a.push("--tls-kx".into());
+            a.push(spec.tls_kx.join(","));
+        }
     }
     if spec.new_conn_per_request {
         a.push("--new-conn-per-request".into());
