@@ -5,7 +5,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 RELEASE := $(TARGET_DIR)/release
 LOADGEN := $(RELEASE)/loadgen
 
-.PHONY: bench-reconfig bench-faults bench-upgrade bench-tls soak all build build-prod test lint fmt bench bench-peers peers-table bench-loadgen \
+.PHONY: bench-https scale-100k-tls bench-reconfig bench-faults bench-upgrade bench-tls soak all build build-prod test lint fmt bench bench-peers peers-table bench-loadgen \
         report test-million scale-100k gate profile fuzz clean docker-build test-deploy test-docker
 
 all: build
@@ -56,7 +56,8 @@ fmt:
 	$(CARGO) fmt --all
 
 # Main job: scenarios/default.yaml (speedmimi + loadgen backend at 100, 1k and
-# 10k connections, about 1 minute). Ends by printing the path of report.html.
+# 10k connections, and 1k over HTTPS; about 1.5 minutes). Ends by printing
+# the path of report.html.
 bench: build
 	$(LOADGEN) bench --scenario scenarios/default.yaml
 
@@ -96,6 +97,18 @@ test-million: build
 # 100,000 connections held 30 s through 8 proxy processes; 0 errors.
 scale-100k: build
 	$(LOADGEN) bench --scenario scenarios/scale-100k.yaml
+
+# 100,000 TLS connections held through 8 proxy processes beside the same
+# 100,000 in plaintext, one session; 0 errors; proxy RSS per held connection
+# of each. About 3 minutes.
+scale-100k-tls: build
+	$(LOADGEN) bench --scenario scenarios/scale-100k-tls.yaml
+
+# Plaintext and HTTPS side by side through speedmimi (scenarios/tls.yaml):
+# keep-alive at 100 and 1k connections, full and resumed handshakes/s.
+# About 1.5 minutes. (bench-tls is ci/bench_tls.py, against nginx and wrk.)
+bench-https: build
+	$(LOADGEN) bench --scenario scenarios/tls.yaml
 
 # Load under live reconfiguration: 1000 connections for 30 s while the admin
 # API switches the balancer and adds/removes a backend every second.

@@ -155,3 +155,129 @@ fn bench_refuses_a_scenario_with_an_unknown_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.yaml") && err.contains("roundz"), "{err}");
 }
+
+/// A plaintext step and an HTTPS step on one speedmimi target: the bench makes
+/// the certificates, starts a TLS instance beside the plaintext one, and the
+/// results say which step was which, with the handshakes.
+const TLS_SCENARIO: &str = r#"
+name: tiny-tls
+rounds: 1
+settle: 200ms
+backends: { kind: loadgen, count: 1, workers: 1 }
+targets:
+  - name: speedmimi
+    kind: speedmimi
+    config: { server: { processes: 1, workers: 1 } }
+loadgen: { threads: 1 }
+steps:
+  - { connections: 10, mode: closed, duration: 2s, thresholds: [errors=0] }
+  - { connections: 10, mode: closed, duration: 2s, tls: true, thresholds: [errors=0] }
+  - { connections: 4, mode: closed, duration: 2s, tls: true, tls_resume: true, new_conn_per_request: true, thresholds: [errors=0] }
+"#;
+
+#[test]
+fn bench_runs_https_steps_beside_plaintext_ones() {
+    ensure_speedmimi();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let scenario = tmp.path().join("tiny-tls.yaml");
+    std::fs::write(&scenario, TLS_SCENARIO).unwrap();
+    let run_dir = tmp.path().join("run");
+    let out = loadgen(
+        &[
+            "bench",
+            "--scenario",
+            scenario.to_str().unwrap(),
+            "--out",
+            run_dir.to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout {} stderr {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir.join("results.json")).unwrap()).unwrap();
+    let steps = results["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 3);
+    for s in steps {
+        assert_eq!(s["errors"]["connect"], 0, "{s}");
+        assert!(s["requests"].as_u64().unwrap() > 0, "{s}");
+        assert!(s["client"]["rss_peak_bytes"].as_u64().unwrap() > 0, "{s}");
+    }
+    assert!(
+        steps[0].get("tls").is_none(),
+        "plaintext step: {}",
+        steps[0]
+    );
+    let tls = &steps[1]["tls"];
+    assert!(tls["handshakes"].as_u64().unwrap() >= 10, "{tls}");
+    assert_eq!(tls["failed"], 0);
+    assert_eq!(tls["resumed"], 0);
+    assert!(tls["handshake_latency_us"]["p50"].as_f64().unwrap() > 0.0);
+    let resumed = &steps[2]["tls"];
+    assert_eq!(steps[2]["new_conn_per_request"], true);
+    assert!(resumed["resumed"].as_u64().unwrap() > 0, "{resumed}");
+
+    // Both instances ran (their own configs) and the TLS one had the bench's certificate.
+    let tls_config = std::fs::read_to_string(run_dir.join("speedmimi-tls.yaml")).unwrap();
+    assert!(tls_config.contains("certificates"), "{tls_config}");
+    let plain_config = std::fs::read_to_string(run_dir.join("speedmimi.yaml")).unwrap();
+    assert!(!plain_config.contains("tls"), "{plain_config}");
+    assert!(run_dir.join("tls").join("ca.pem").exists());
+
+    // The report tells the steps apart: scheme and handshake columns, an https line.
+    let summary = std::fs::read_to_string(run_dir.join("summary.md")).unwrap();
+    assert!(summary.contains("handshakes/s"), "{summary}");
+    assert!(summary.contains("| https |"), "{summary}");
+    assert!(summary.contains("| http |"), "{summary}");
+    let rps_svg = std::fs::read_to_string(run_dir.join("rps.svg")).unwrap();
+    assert!(
+        rps_svg.contains("speedmimi https"),
+        "no https series in rps.svg"
+    );
+
+    for f in ["speedmimi.yaml", "speedmimi-tls.yaml"] {
+        let left = processes_mentioning(run_dir.join(f).to_str().unwrap());
+        assert!(left.is_empty(), "left running: {left:?}");
+    }
+}
+
+#[test]
+fn bench_refuses_an_https_step_on_a_target_without_tls() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let scenario = tmp.path().join("nginx-tls.yaml");
+    let text = TLS_SCENARIO.replace(
+        "  - name: speedmimi\n    kind: speedmimi\n    config: { server: { processes: 1, workers: 1 } }\n",
+        "  - name: nginx\n    kind: nginx\n",
+    );
+    assert!(text.contains("kind: nginx"));
+    std::fs::write(&scenario, text).unwrap();
+    let out = loadgen(
+        &["bench", "--scenario", scenario.to_str().unwrap()],
+        tmp.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("steps[1].tls") && err.contains("nginx"),
+        "{err}"
+    );
+
+    // tls_resume without tls names its field too.
+    std::fs::write(
+        &scenario,
+        SCENARIO.replace("mode: closed,", "mode: closed, tls_resume: true,"),
+    )
+    .unwrap();
+    let out = loadgen(
+        &["bench", "--scenario", scenario.to_str().unwrap()],
+        tmp.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("steps[0].tls_resume"), "{err}");
+}

@@ -68,33 +68,69 @@ fn med<F: Fn(&Step) -> f64>(steps: &[&Step], f: F) -> f64 {
     median(steps.iter().map(|s| f(s)).collect())
 }
 
-/// Per target and mode (in the run's order), its points by connection count. The label
-/// is the target's name, plus the mode when the target ran more than one: a hold step's
-/// requests/s is set by its schedule and must not continue a closed-loop line.
+/// What makes two steps of one target points of different lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LineKey {
+    mode: Mode,
+    tls: bool,
+    new_conn: bool,
+    resume: bool,
+}
+
+impl LineKey {
+    fn of(s: &Step) -> LineKey {
+        LineKey {
+            mode: s.mode,
+            tls: s.tls.is_some(),
+            new_conn: s.new_conn_per_request,
+            resume: s.tls.as_ref().is_some_and(|t| t.resumption_offered),
+        }
+    }
+}
+
+/// Per target and kind of step (in the run's order), its points by connection count.
+/// The label is the target's name, plus the mode when the target ran more than one (a
+/// hold step's requests/s is set by its schedule and must not continue a closed-loop
+/// line), plus `https` on TLS lines (and `http` on the plaintext ones beside them):
+/// handshakes and record encryption make another curve; and so do a connection per
+/// request and resumed sessions.
 pub fn points(data: &RunData) -> Vec<(String, Vec<Point>)> {
     let mut lines = Vec::new();
     for t in &data.run.targets {
-        let mut modes: Vec<Mode> = Vec::new();
+        let mut keys: Vec<LineKey> = Vec::new();
         for s in data.run.steps_of(&t.name) {
-            if !modes.contains(&s.mode) {
-                modes.push(s.mode);
+            let k = LineKey::of(s);
+            if !keys.contains(&k) {
+                keys.push(k);
             }
         }
-        for &mode in &modes {
-            let label = if modes.len() > 1 {
-                format!("{} {}", t.name, mode.as_str())
-            } else {
-                t.name.clone()
-            };
-            lines.push((label, points_of(data, &t.name, mode)));
+        let several_modes = keys.iter().any(|k| k.mode != keys[0].mode);
+        let both_schemes = keys.iter().any(|k| k.tls) && keys.iter().any(|k| !k.tls);
+        for &k in &keys {
+            let mut label = t.name.clone();
+            if several_modes {
+                label = format!("{label} {}", k.mode.as_str());
+            }
+            if k.tls {
+                label.push_str(" https");
+            } else if both_schemes {
+                label.push_str(" http");
+            }
+            if k.new_conn {
+                label.push_str(", conn per request");
+            }
+            if k.resume {
+                label.push_str(", resumed");
+            }
+            lines.push((label, points_of(data, &t.name, k)));
         }
     }
     lines
 }
 
-fn points_of(data: &RunData, target: &str, mode: Mode) -> Vec<Point> {
+fn points_of(data: &RunData, target: &str, key: LineKey) -> Vec<Point> {
     let mut groups: BTreeMap<u64, Vec<&Step>> = BTreeMap::new();
-    for s in data.run.steps_of(target).filter(|s| s.mode == mode) {
+    for s in data.run.steps_of(target).filter(|s| LineKey::of(s) == key) {
         groups.entry(s.connections).or_default().push(s);
     }
     groups
@@ -562,11 +598,12 @@ pub fn timeseries_figures(data: &RunData) -> Vec<Figure> {
         figs.push(Figure {
             name: stem(&format!("ts_{}_r{}_s{}", s.target, s.round, s.step)),
             title: format!(
-                "{}: step {}{round} - {} connections, {} mode, {} errors",
+                "{}: step {}{round} - {} connections, {} mode, {}, {} errors",
                 s.target,
                 s.step,
                 s.connections,
                 s.mode.as_str(),
+                s.scheme(),
                 s.errors.total()
             ),
             panels,

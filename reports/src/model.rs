@@ -86,6 +86,10 @@ pub struct Env {
     pub tuner: Option<serde_json::Value>,
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 fn default_page_size() -> u64 {
     4096
 }
@@ -150,7 +154,38 @@ pub struct Step {
     /// All backends summed, when the runner started them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<ProcessUsage>,
+    /// The load generator (every `loadgen run` shard), when the runner sampled it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<ProcessUsage>,
     pub kernel: KernelMemory,
+    /// Every request on a new connection (`loadgen --new-conn-per-request`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub new_conn_per_request: bool,
+    /// HTTPS steps only: the handshakes the client made (absent: plaintext).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsFigures>,
+}
+
+/// What an HTTPS step's handshakes cost and negotiated, from the client's summary.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct TlsFigures {
+    /// Handshakes completed, full and resumed.
+    pub handshakes: u64,
+    pub full: u64,
+    pub resumed: u64,
+    pub handshakes_per_s: f64,
+    /// Handshakes that failed (also counted in `errors.connect`).
+    pub failed: u64,
+    /// The client offered sessions for resumption (`loadgen --tls-resume`).
+    #[serde(default)]
+    pub resumption_offered: bool,
+    /// "TLSv1.3", "TLSv1.2" or "mixed".
+    pub version: String,
+    pub cipher_suite: String,
+    #[serde(default)]
+    pub kx_group: String,
+    /// From the start of the TCP connect to the end of the handshake, µs.
+    pub handshake_latency_us: Latency,
 }
 
 /// Latency percentiles in microseconds.
@@ -253,6 +288,15 @@ impl MemoryCost {
 }
 
 impl Step {
+    /// "https" for a TLS step, else "http": the scheme in labels.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     /// Proxy CPU in cores busy on average (1.0 = one core fully used).
     pub fn proxy_cores_busy(&self) -> f64 {
         if self.duration_s > 0.0 {

@@ -72,7 +72,11 @@ pub fn env_table(data: &RunData) -> Table {
 }
 
 pub fn steps_table(data: &RunData) -> Table {
-    let mut t = Table::new(&[
+    // TLS and client columns only when some step has them, so a plaintext run's
+    // table stays as wide as it was.
+    let tls = data.run.steps.iter().any(|s| s.tls.is_some());
+    let client = data.run.steps.iter().any(|s| s.client.is_some());
+    let mut headers = vec![
         "target",
         "round",
         "step",
@@ -92,13 +96,34 @@ pub fn steps_table(data: &RunData) -> Table {
         "proxy RSS peak",
         "kernel TCP mem peak",
         "kernel slab grown",
-    ]);
+    ];
+    if tls {
+        headers.splice(
+            4..4,
+            [
+                "scheme",
+                "TLS handshakes (full / resumed)",
+                "handshakes/s",
+                "handshake p50 ms",
+                "handshake p99 ms",
+                "TLS",
+            ],
+        );
+    }
+    if client {
+        headers.push("loadgen RSS peak");
+    }
+    let mut t = Table::new(&headers);
     for s in &data.run.steps {
-        t.rows.push(vec![
+        let mut row = vec![
             s.target.clone(),
             s.round.to_string(),
             s.step.to_string(),
-            s.mode.as_str().to_string(),
+            if s.new_conn_per_request {
+                format!("{} (conn per request)", s.mode.as_str())
+            } else {
+                s.mode.as_str().to_string()
+            },
             count(s.connections),
             count(s.peak_open),
             format!("{:.1}", s.duration_s),
@@ -116,7 +141,39 @@ pub fn steps_table(data: &RunData) -> Table {
             s.kernel
                 .slab_unreclaim_grown_bytes
                 .map_or_else(|| "not measured".into(), |b| Fmt::Bytes.format(b as f64)),
-        ]);
+        ];
+        if tls {
+            let cells = match &s.tls {
+                Some(h) => vec![
+                    "https".to_string(),
+                    format!(
+                        "{} ({} / {})",
+                        count(h.handshakes),
+                        count(h.full),
+                        count(h.resumed)
+                    ),
+                    count(h.handshakes_per_s.round() as u64),
+                    ms(h.handshake_latency_us.p50),
+                    ms(h.handshake_latency_us.p99),
+                    format!("{} {} {}", h.version, h.cipher_suite, h.kx_group)
+                        .trim()
+                        .to_string(),
+                ],
+                None => {
+                    let mut c = vec!["http".to_string()];
+                    c.extend(std::iter::repeat_n("-".to_string(), 5));
+                    c
+                }
+            };
+            row.splice(4..4, cells);
+        }
+        if client {
+            row.push(s.client.map_or_else(
+                || "not measured".into(),
+                |c| Fmt::Bytes.format(c.rss_peak_bytes as f64),
+            ));
+        }
+        t.rows.push(row);
     }
     t
 }

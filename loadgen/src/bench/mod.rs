@@ -166,25 +166,44 @@ fn bench_inner(scenario_path: &Path, out: Option<PathBuf>) -> Result<u8, BenchEr
     let sampler = Sampler::start();
     let backends = targets::start_backends(&sc.backends, &bin, &peers_dir, &dir, &mut children)?;
     sampler.set_backends(backends.iter().map(|b| b.pid).collect());
-    let mut started_targets = Vec::new();
+    // A speedmimi process has one listener, so a target with plaintext and
+    // HTTPS steps runs as two instances of the same config, one of them TLS.
+    let (plain, https) = sc.schemes();
+    let pki = match https {
+        true => Some(targets::make_pki(&dir)?),
+        false => None,
+    };
+    let mut started_targets: Vec<Instances> = Vec::new();
     for t in &sc.targets {
-        let s = targets::start_target(
-            t,
-            &scenario_dir,
-            &peers_dir,
-            &bin,
-            &backends,
-            &dir,
-            &mut children,
-        )?;
-        println!(
-            "{} ({}) listening on {} (pid {})",
-            s.name,
-            t.kind.as_str(),
-            s.addr,
-            s.pid
-        );
-        started_targets.push(s);
+        let mut inst = Instances::default();
+        for tls in [None, pki.as_ref()] {
+            if (tls.is_none() && !plain) || (tls.is_some() && !https) {
+                continue;
+            }
+            let s = targets::start_target(
+                t,
+                &scenario_dir,
+                &peers_dir,
+                &bin,
+                &backends,
+                &dir,
+                &mut children,
+                tls,
+            )?;
+            println!(
+                "{} ({}, {}) listening on {} (pid {})",
+                s.name,
+                t.kind.as_str(),
+                if tls.is_some() { "https" } else { "http" },
+                s.addr,
+                s.pid
+            );
+            match tls {
+                Some(_) => inst.tls = Some(s),
+                None => inst.plain = Some(s),
+            }
+        }
+        started_targets.push(inst);
     }
     let backend_list: Vec<&str> = backends.iter().map(|b| b.addr.as_str()).collect();
     println!("backends: {}", backend_list.join(", "));
@@ -213,8 +232,13 @@ fn bench_inner(scenario_path: &Path, out: Option<PathBuf>) -> Result<u8, BenchEr
     let loadgen = bin.join("loadgen");
     for round in 0..sc.rounds {
         for (index, spec) in sc.steps.iter().enumerate() {
-            for target in &started_targets {
+            for inst in &started_targets {
                 children.check_alive()?;
+                let target = match spec.tls {
+                    true => inst.tls.as_ref(),
+                    false => inst.plain.as_ref(),
+                }
+                .expect("an instance for every scheme a step uses");
                 let key = steps::StepKey {
                     target,
                     round,
@@ -229,6 +253,8 @@ fn bench_inner(scenario_path: &Path, out: Option<PathBuf>) -> Result<u8, BenchEr
                     "proxy_rss_bytes_per_open_connection":
                         o.step.proxy.rss_peak_bytes as f64 / o.step.peak_open.max(1) as f64,
                     "proxy_rss_start_bytes": o.proxy_rss_start,
+                    "tls": spec.tls,
+                    "loadgen_rss_peak_bytes": o.step.client.map(|c| c.rss_peak_bytes),
                     "proxy_rss_grown_bytes_per_open_connection":
                         o.step.proxy.rss_peak_bytes.saturating_sub(o.proxy_rss_start) as f64
                             / o.step.peak_open.max(1) as f64,
@@ -268,6 +294,14 @@ fn bench_inner(scenario_path: &Path, out: Option<PathBuf>) -> Result<u8, BenchEr
     Ok(if failures.is_empty() { 0 } else { EXIT_CHECK })
 }
 
+/// One target's running instances: plaintext and TLS listeners, each started
+/// only when some step uses it.
+#[derive(Default)]
+struct Instances {
+    plain: Option<targets::Started>,
+    tls: Option<targets::Started>,
+}
+
 fn run_version(kind: TargetKind, bin: &Path) -> Option<String> {
     let (cmd, arg) = match kind {
         TargetKind::Speedmimi => (bin.join("speedmimi"), "--version"),
@@ -294,7 +328,7 @@ fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<(), BenchError>
 
 fn print_header() {
     println!(
-        "{:<12} {:>5} {:>4} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>8} {:>12} {:>11} {:>10} {:>11} {:>11} {:>8}",
+        "{:<18} {:>5} {:>4} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>8} {:>12} {:>11} {:>10} {:>11} {:>11} {:>12} {:>8}",
         "target",
         "round",
         "step",
@@ -310,6 +344,7 @@ fn print_header() {
         "RSS B/conn",
         "sock mem",
         "slab grown",
+        "loadgen RSS",
         "secs"
     );
 }
@@ -320,8 +355,8 @@ fn mb(b: u64) -> String {
 
 fn print_row(s: &reports::Step, slab_grown: u64) {
     println!(
-        "{:<12} {:>5} {:>4} {:>9} {:>9} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>8} {:>12.1} {:>11} {:>10.0} {:>11} {:>11} {:>8.1}",
-        s.target,
+        "{:<18} {:>5} {:>4} {:>9} {:>9} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>8} {:>12.1} {:>11} {:>10.0} {:>11} {:>11} {:>12} {:>8.1}",
+        format!("{} {}", s.target, s.scheme()),
         s.round,
         s.step,
         s.connections,
@@ -336,6 +371,7 @@ fn print_row(s: &reports::Step, slab_grown: u64) {
         s.proxy.rss_peak_bytes as f64 / s.peak_open.max(1) as f64,
         mb(s.kernel.sock_mem_bytes_peak),
         mb(slab_grown),
+        s.client.map_or_else(|| "-".into(), |c| mb(c.rss_peak_bytes)),
         s.duration_s
     );
 }

@@ -170,6 +170,10 @@ impl Job {
         Ok(Job { child: Some(child) })
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
     /// Waits for the job; returns its exit code and captured stdout.
     pub fn wait_output(mut self) -> Result<(Option<i32>, String), BenchError> {
         let mut child = self.child.take().expect("job not waited twice");

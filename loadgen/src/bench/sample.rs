@@ -1,5 +1,5 @@
 //! Once a second: CPU ticks and RSS of the proxy (its whole process tree:
-//! master and workers) and of the backends, and the kernel's TCP socket
+//! master and workers), of the backends and of the step's load generator, and the kernel's TCP socket
 //! memory from /proc/net/sockstat. The step runner slices these samples.
 
 use std::collections::HashMap;
@@ -104,6 +104,8 @@ pub struct Sample {
     pub at: Instant,
     pub proxy: Usage,
     pub backend: Usage,
+    /// The step's `loadgen run` and its shards.
+    pub client: Usage,
     pub sock_mem: u64,
     pub slab: u64,
 }
@@ -113,6 +115,7 @@ pub struct Sample {
 pub struct Watch {
     pub proxy_roots: Vec<u32>,
     pub backend_roots: Vec<u32>,
+    pub client_roots: Vec<u32>,
 }
 
 pub struct Sampler {
@@ -128,6 +131,7 @@ pub fn take(watch: &Watch) -> Sample {
         at: Instant::now(),
         proxy: usage(&tree_pids(&watch.proxy_roots)),
         backend: usage(&tree_pids(&watch.backend_roots)),
+        client: usage(&tree_pids(&watch.client_roots)),
         sock_mem: sock_mem_bytes(),
         slab: slab_unreclaim_bytes(),
     }
@@ -166,6 +170,10 @@ impl Sampler {
 
     pub fn set_proxy(&self, roots: Vec<u32>) {
         self.watch.lock().expect("watch lock").proxy_roots = roots;
+    }
+
+    pub fn set_client(&self, roots: Vec<u32>) {
+        self.watch.lock().expect("watch lock").client_roots = roots;
     }
 
     pub fn set_backends(&self, roots: Vec<u32>) {

@@ -41,6 +41,17 @@ pub struct Scenario {
     pub note: Option<String>,
 }
 
+impl Scenario {
+    /// Whether some step runs in plaintext (`tls: false`) / over TLS: which
+    /// listeners the speedmimi targets need.
+    pub fn schemes(&self) -> (bool, bool) {
+        (
+            self.steps.iter().any(|s| !s.tls),
+            self.steps.iter().any(|s| s.tls),
+        )
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
@@ -145,6 +156,21 @@ pub struct StepSpec {
     /// Every connection must have been open at once and have completed a request.
     #[serde(default)]
     pub require_all_served: bool,
+    /// HTTPS: the step runs against the target's TLS listener (a certificate the
+    /// bench makes), `loadgen run https://... --cacert CA`. speedmimi targets only.
+    #[serde(default)]
+    pub tls: bool,
+    /// `loadgen --tls-resume`: offer sessions for resumption; needs `tls: true`.
+    #[serde(default)]
+    pub tls_resume: bool,
+    /// `loadgen --tls-kx`: key exchange groups offered (e.g. `[x25519]`; default
+    /// rustls', which adds the costlier X25519MLKEM768 share); needs `tls: true`.
+    #[serde(default)]
+    pub tls_kx: Vec<String>,
+    /// `loadgen --new-conn-per-request`: a connection (and, with `tls`, a
+    /// handshake) per request, to measure handshakes/s.
+    #[serde(default)]
+    pub new_conn_per_request: bool,
 }
 
 fn one() -> u32 {
@@ -214,7 +240,29 @@ impl Scenario {
                 "sysctls are only written inside a fresh namespace: set netns: true".into(),
             );
         }
-        for t in &self.targets {
+        let tls_step = self.steps.iter().position(|s| s.tls);
+        for (ti, t) in self.targets.iter().enumerate() {
+            if let (Some(i), true) = (tls_step, t.kind != TargetKind::Speedmimi) {
+                return Err(format!(
+                    "steps[{i}].tls: target {} (kind {}) has no TLS listener the bench can \
+                     configure; only kind speedmimi targets serve HTTPS steps",
+                    t.name,
+                    t.kind.as_str()
+                ));
+            }
+            let certificates = t
+                .config
+                .as_ref()
+                .and_then(|c| c.get("server"))
+                .and_then(|s| s.get("tls"))
+                .and_then(|s| s.get("certificates"));
+            if certificates.is_some() {
+                return Err(format!(
+                    "targets[{ti}].config.server.tls.certificates: the bench makes the \
+                     certificate for steps with tls: true; remove it (other server.tls \
+                     keys, e.g. handshake_timeout, apply to the TLS instance)"
+                ));
+            }
             if t.kind != TargetKind::Speedmimi && self.backends.count != 1 {
                 return Err(format!(
                     "target {}: nginx/haproxy templates take one backend; set backends.count: 1",
@@ -225,6 +273,22 @@ impl Scenario {
         for (i, s) in self.steps.iter().enumerate() {
             if s.connections == 0 {
                 return Err(format!("steps[{i}].connections must be at least 1"));
+            }
+            if s.tls_resume && !s.tls {
+                return Err(format!(
+                    "steps[{i}].tls_resume: needs tls: true on the same step"
+                ));
+            }
+            if !s.tls_kx.is_empty() && !s.tls {
+                return Err(format!(
+                    "steps[{i}].tls_kx: needs tls: true on the same step"
+                ));
+            }
+            if s.new_conn_per_request && s.mode == StepMode::Hold {
+                return Err(format!(
+                    "steps[{i}].new_conn_per_request: hold mode keeps its connections; \
+                     use closed or open"
+                ));
             }
             match s.mode {
                 StepMode::Open if s.rate.is_none() => {

@@ -7,7 +7,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use reports::model::{Errors, Interval, KernelMemory, Latency, Mode, ProcessUsage, Step};
+use reports::model::{
+    Errors, Interval, KernelMemory, Latency, Mode, ProcessUsage, Step, TlsFigures,
+};
 
 use super::procs::Job;
 use super::sample::{clock_ticks, Sample, Sampler};
@@ -27,11 +29,16 @@ pub struct StepOutcome {
     pub failures: Vec<String>,
 }
 
-/// The `loadgen run` arguments for a step.
-fn args(spec: &StepSpec, defaults: &LoadDefaults, url: &str, csv: &Path) -> Vec<String> {
+/// The `loadgen run` arguments for a step (`target` is the instance the step
+/// runs against: its TLS listener for a `tls` step).
+fn args(spec: &StepSpec, defaults: &LoadDefaults, target: &Started, csv: &Path) -> Vec<String> {
+    let url = match &target.tls {
+        Some(_) => format!("https://{}/", target.addr),
+        None => format!("http://{}/", target.addr),
+    };
     let mut a: Vec<String> = vec![
         "run".into(),
-        url.into(),
+        url,
         "-c".into(),
         spec.connections.to_string(),
         "-t".into(),
@@ -73,6 +80,24 @@ fn args(spec: &StepSpec, defaults: &LoadDefaults, url: &str, csv: &Path) -> Vec<
         a.push("--timeout".into());
         a.push(format!("{}ms", t.as_millis()));
     }
+    if let Some(tls) = &target.tls {
+        // The bench's own CA, and the name on the certificate: the handshake is
+        // checked as a real client's would be.
+        a.push("--cacert".into());
+        a.push(tls.ca.display().to_string());
+        a.push("--sni".into());
+        a.push(tls.server_name.clone());
+        if spec.tls_resume {
+            a.push("--tls-resume".into());
+        }
+        if !spec.tls_kx.is_empty() {
+            a.push("--tls-kx".into());
+            a.push(spec.tls_kx.join(","));
+        }
+    }
+    if spec.new_conn_per_request {
+        a.push("--new-conn-per-request".into());
+    }
     if !spec.thresholds.is_empty() {
         a.push("--threshold".into());
         a.extend(spec.thresholds.iter().cloned());
@@ -108,6 +133,36 @@ fn usage_between(
     }
 }
 
+/// The load generator's usage: sampled only while it runs (it is spawned after the
+/// step's first sample and gone by its last), so the peak RSS is exact to the
+/// second and the CPU is what the last sample saw, up to a second short.
+fn client_usage(window: &[Sample], requests: u64) -> Option<ProcessUsage> {
+    let last = window.iter().rev().find(|s| s.client.rss_bytes > 0)?;
+    let cpu_seconds = last.client.ticks as f64 / clock_ticks();
+    Some(ProcessUsage {
+        cpu_seconds,
+        cpu_us_per_request: if requests > 0 {
+            cpu_seconds * 1e6 / requests as f64
+        } else {
+            0.0
+        },
+        rss_peak_bytes: window.iter().map(|s| s.client.rss_bytes).max().unwrap_or(0),
+        rss_start_bytes: None,
+        rss_end_bytes: last.client.rss_bytes,
+    })
+}
+
+fn latency(l: &crate::report::Latency) -> Latency {
+    Latency {
+        p50: l.p50 as f64,
+        p75: l.p75 as f64,
+        p90: l.p90 as f64,
+        p99: l.p99 as f64,
+        p999: l.p999 as f64,
+        max: l.max as f64,
+    }
+}
+
 /// Identifies a step in the results.
 pub struct StepKey<'a> {
     pub target: &'a Started,
@@ -127,8 +182,7 @@ pub fn run(
     let tag = format!("{}-r{}-s{}", key.target.name, key.round, key.index);
     let csv_path = dir.join("steps").join(format!("{tag}.csv"));
     let err_path = dir.join("steps").join(format!("{tag}.err"));
-    let url = format!("http://{}/", key.target.addr);
-    let argv = args(spec, defaults, &url, &csv_path);
+    let argv = args(spec, defaults, key.target, &csv_path);
     let err = std::fs::File::create(&err_path)
         .map_err(|e| BenchError::Step(format!("cannot create {}: {e}", err_path.display())))?;
 
@@ -138,7 +192,9 @@ pub fn run(
     let mut cmd = Command::new(loadgen);
     cmd.args(&argv).stdout(Stdio::piped()).stderr(err);
     let job = Job::spawn(&mut cmd)?;
+    sampler.set_client(vec![job.pid()]);
     let (code, out) = job.wait_output()?;
+    sampler.set_client(Vec::new());
     let end = sampler.now();
     let t1 = Instant::now();
     let summary: Summary = serde_json::from_str(&out).map_err(|e| {
@@ -154,6 +210,7 @@ pub fn run(
     let window = sampler.between(t0, t1);
     let proxy = usage_between(&start, &end, &window, summary.requests, false);
     let backend = usage_between(&start, &end, &window, summary.requests, true);
+    let client = client_usage(&window, summary.requests);
     let slab_grown = window
         .iter()
         .chain([&end])
@@ -196,14 +253,7 @@ pub fn run(
         duration_s: summary.duration_s,
         requests: summary.requests,
         rps: summary.rps,
-        latency_us: Latency {
-            p50: lat.p50 as f64,
-            p75: lat.p75 as f64,
-            p90: lat.p90 as f64,
-            p99: lat.p99 as f64,
-            p999: lat.p999 as f64,
-            max: lat.max as f64,
-        },
+        latency_us: latency(lat),
         errors: Errors {
             connect: e.connect,
             read: e.read,
@@ -214,7 +264,21 @@ pub fn run(
         },
         proxy,
         backend: Some(backend),
+        client,
         kernel,
+        new_conn_per_request: spec.new_conn_per_request,
+        tls: summary.tls.as_ref().map(|t| TlsFigures {
+            handshakes: t.handshakes,
+            full: t.full,
+            resumed: t.resumed,
+            handshakes_per_s: t.handshakes_per_s,
+            failed: t.failed,
+            resumption_offered: t.resumption_offered,
+            version: t.version.clone(),
+            cipher_suite: t.cipher_suite.clone(),
+            kx_group: t.kx_group.clone(),
+            handshake_latency_us: latency(&t.handshake_latency_us),
+        }),
     };
     let mut step = step;
     // Malformed responses have no column of their own in v1: count them as read errors.

@@ -21,6 +21,58 @@ pub struct Started {
     pub kind: TargetKind,
     pub addr: String,
     pub pid: u32,
+    /// Some: `addr` is a TLS listener with a certificate from the bench's CA.
+    pub tls: Option<BenchPki>,
+}
+
+/// The run's throwaway certificates (ECDSA P-256, made by rcgen into
+/// DIR/tls/): a CA the client trusts and one server certificate it signed.
+#[derive(Debug, Clone)]
+pub struct BenchPki {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The DNS name on the certificate, sent as SNI.
+    pub server_name: String,
+}
+
+/// Makes the run's CA and server certificate. They live only in the run
+/// directory (results/ is ignored by git) and are never reused.
+pub fn make_pki(dir: &Path) -> Result<BenchPki, BenchError> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let err = |e: &dyn std::fmt::Display| BenchError::Start(format!("TLS certificates: {e}"));
+    let tls_dir = dir.join("tls");
+    std::fs::create_dir_all(&tls_dir)
+        .map_err(|e| BenchError::Start(format!("cannot create {}: {e}", tls_dir.display())))?;
+    // KeyPair::generate() is ECDSA P-256 with SHA-256: the usual web key.
+    let ca_key = KeyPair::generate().map_err(|e| err(&e))?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(|e| err(&e))?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "loadgen bench throwaway CA");
+    let ca = ca_params.self_signed(&ca_key).map_err(|e| err(&e))?;
+    let server_name = "localhost".to_string();
+    let key = KeyPair::generate().map_err(|e| err(&e))?;
+    let cert = CertificateParams::new(vec![server_name.clone(), "127.0.0.1".to_string()])
+        .map_err(|e| err(&e))?
+        .signed_by(&key, &ca, &ca_key)
+        .map_err(|e| err(&e))?;
+    let pki = BenchPki {
+        ca: tls_dir.join("ca.pem"),
+        cert: tls_dir.join("server.pem"),
+        key: tls_dir.join("server.key"),
+        server_name,
+    };
+    for (path, text) in [
+        (&pki.ca, ca.pem()),
+        (&pki.cert, cert.pem()),
+        (&pki.key, key.serialize_pem()),
+    ] {
+        std::fs::write(path, text)
+            .map_err(|e| BenchError::Start(format!("cannot write {}: {e}", path.display())))?;
+    }
+    Ok(pki)
 }
 
 fn log_file(dir: &Path, name: &str) -> Result<std::fs::File, BenchError> {
@@ -87,6 +139,7 @@ pub fn start_backends(
                     kind: TargetKind::Speedmimi,
                     addr,
                     pid,
+                    tls: None,
                 });
             }
             BackendKind::Nginx => {
@@ -105,6 +158,7 @@ pub fn start_backends(
                     kind: TargetKind::Nginx,
                     addr,
                     pid,
+                    tls: None,
                 });
             }
         }
@@ -181,7 +235,35 @@ pub fn speedmimi_config(backends: &[Started], extra: Option<&Value>) -> Value {
     cfg
 }
 
-/// Starts one proxy under test in front of `backends`.
+/// `server.tls` of a speedmimi config: the bench's certificate for a TLS
+/// instance (over any `handshake_timeout` etc. the scenario set), nothing for a
+/// plaintext one.
+fn set_server_tls(cfg: &mut Value, pki: Option<&BenchPki>) {
+    let Some(Value::Mapping(server)) = cfg.get_mut("server") else {
+        return;
+    };
+    match pki {
+        None => {
+            server.remove("tls");
+        }
+        Some(p) => {
+            let mut cert = Mapping::new();
+            cert.insert("cert".into(), p.cert.display().to_string().into());
+            cert.insert("key".into(), p.key.display().to_string().into());
+            let mut tls = Mapping::new();
+            tls.insert("certificates".into(), Value::Sequence(vec![cert.into()]));
+            let slot = server
+                .entry("tls".into())
+                .or_insert_with(|| Value::Mapping(Mapping::new()));
+            merge(slot, &Value::Mapping(tls));
+        }
+    }
+}
+
+/// Starts one proxy under test in front of `backends`; with `tls`, an instance
+/// of it whose listener terminates TLS (a kind speedmimi target only: the
+/// scenario's validation refuses the others).
+#[allow(clippy::too_many_arguments)]
 pub fn start_target(
     spec: &TargetSpec,
     scenario_dir: &Path,
@@ -190,12 +272,19 @@ pub fn start_target(
     backends: &[Started],
     dir: &Path,
     children: &mut Children,
+    tls: Option<&BenchPki>,
 ) -> Result<Started, BenchError> {
     let name = &spec.name;
     match spec.kind {
         TargetKind::Speedmimi => {
-            let cfg = speedmimi_config(backends, spec.config.as_ref());
-            let path = dir.join(format!("{name}.yaml"));
+            let mut cfg = speedmimi_config(backends, spec.config.as_ref());
+            set_server_tls(&mut cfg, tls);
+            // One process per listener: the proxy has one listener (plaintext or TLS).
+            let file = match tls {
+                Some(_) => format!("{name}-tls"),
+                None => name.clone(),
+            };
+            let path = dir.join(format!("{file}.yaml"));
             let text = serde_yaml_ng::to_string(&cfg)
                 .map_err(|e| BenchError::Start(format!("{name}: config: {e}")))?;
             std::fs::write(&path, text)
@@ -204,8 +293,8 @@ pub fn start_target(
             cmd.arg("--config")
                 .arg(&path)
                 .stdout(Stdio::piped())
-                .stderr(log_file(dir, &format!("{name}.err"))?);
-            let m = children.spawn(name, &mut cmd)?;
+                .stderr(log_file(dir, &format!("{file}.err"))?);
+            let m = children.spawn(&file, &mut cmd)?;
             let pid = m.pid();
             let addr = procs::read_listen_addr(m, START_TIMEOUT)?;
             procs::wait_port(&addr, START_TIMEOUT)?;
@@ -214,6 +303,7 @@ pub fn start_target(
                 kind: spec.kind,
                 addr,
                 pid,
+                tls: tls.cloned(),
             })
         }
         TargetKind::Nginx | TargetKind::Haproxy => {
@@ -249,6 +339,7 @@ pub fn start_target(
                 kind: spec.kind,
                 addr,
                 pid,
+                tls: None,
             })
         }
     }
